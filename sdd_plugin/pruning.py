@@ -1,0 +1,430 @@
+"""Pruning surgery: remove decoder blocks and write a loadable HF checkpoint with a model card.
+
+``remove_blocks(model, blocks)`` edits a loaded model in place (drops the layers, renumbers every
+``layer_idx`` so the KV cache lines up, updates ``num_hidden_layers`` and every per-layer config
+list such as ``layer_types``). ``prune(...)`` scores, removes and saves, reusing a
+content-addressed cache folder when no ``out`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import atomic_dir, cache_dir, file_hash, stable_hash, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+#: Files that mark a finished pruned folder (the cache is reused only when they all exist).
+_DONE_FILE = "sdd_prune.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# surgery
+# ---------------------------------------------------------------------------------------------
+
+
+def decoder_layers(model) -> Any:
+    """Return the ``nn.ModuleList`` of decoder blocks of a causal LM (llama/mistral/qwen/gemma...)."""
+    import torch
+
+    candidates = []
+    for getter in ("get_decoder",):
+        fn = getattr(model, getter, None)
+        if callable(fn):
+            try:
+                dec = fn()
+            except Exception:  # noqa: BLE001 - some wrappers raise if there is no decoder
+                dec = None
+            if dec is not None and isinstance(getattr(dec, "layers", None), torch.nn.ModuleList):
+                return dec.layers
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in {"layers", "h", "blocks"}:
+            candidates.append((name, module))
+    if len(candidates) == 1:
+        return candidates[0][1]
+    raise ValueError(
+        f"cannot find the decoder layer list of {type(model).__name__}; candidates: "
+        f"{[n for n, _ in candidates] or 'none'}"
+    )
+
+
+def _layer_configs(config) -> list:
+    """The config objects that describe the decoder stack (the config and a nested text config)."""
+    out = [config]
+    for key in ("text_config", "language_config", "llm_config"):
+        sub = getattr(config, key, None)
+        if sub is not None and hasattr(sub, "num_hidden_layers"):
+            out.append(sub)
+    return out
+
+
+def _param_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_parameters(model) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():  # parameters() already de-duplicates shared tensors
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def validate_blocks(blocks: Sequence[int], num_layers: int) -> list[int]:
+    """Sorted unique block indices; ValueError naming the bad value otherwise."""
+    out = []
+    for b in blocks:
+        if isinstance(b, bool) or not isinstance(b, int):
+            try:
+                if int(b) != b:
+                    raise ValueError
+                b = int(b)
+            except (TypeError, ValueError):
+                raise ValueError(f"block index {b!r} is not an integer") from None
+        if not 0 <= b < num_layers:
+            raise ValueError(
+                f"block index {b} out of range: the model has {num_layers} blocks (0..{num_layers - 1})"
+            )
+        out.append(b)
+    if len(set(out)) != len(out):
+        raise ValueError(f"duplicate block indices in {list(blocks)}")
+    if not out:
+        raise ValueError("no blocks to remove")
+    if len(out) >= num_layers:
+        raise ValueError(f"cannot remove {len(out)} of {num_layers} blocks: at least one must remain")
+    return sorted(out)
+
+
+def remove_blocks(model, blocks: Sequence[int]):
+    """Remove decoder ``blocks`` from ``model`` in place and return it.
+
+    Renumbers every ``layer_idx`` attribute inside the kept blocks (so the KV cache indexes line
+    up), sets ``num_hidden_layers`` and drops the removed entries from every per-layer config list
+    (any list whose length equals the old number of blocks, e.g. ``layer_types``).
+    """
+    import torch
+
+    layers = decoder_layers(model)
+    num_layers = len(layers)
+    removed = validate_blocks(blocks, num_layers)
+    drop = set(removed)
+    keep = [i for i in range(num_layers) if i not in drop]
+    kept_modules = [layers[i] for i in keep]
+    # nn.ModuleList has no slicing-assignment API that keeps the same object: rebuild its contents.
+    for key in list(layers._modules):
+        del layers._modules[key]
+    for new_idx, module in enumerate(kept_modules):
+        layers.add_module(str(new_idx), module)
+        for sub in module.modules():
+            if hasattr(sub, "layer_idx") and isinstance(sub.layer_idx, int):
+                sub.layer_idx = new_idx
+    assert isinstance(layers, torch.nn.ModuleList)
+
+    seen: set[int] = set()
+    configs = []
+    for cfg in _layer_configs(model.config):
+        if id(cfg) not in seen:
+            seen.add(id(cfg))
+            configs.append(cfg)
+    dec = getattr(model, "get_decoder", lambda: None)()
+    dec_cfg = getattr(dec, "config", None)
+    if dec_cfg is not None and id(dec_cfg) not in seen:
+        configs.append(dec_cfg)
+    for cfg in configs:
+        if getattr(cfg, "num_hidden_layers", None) != num_layers:
+            continue
+        for key in list(cfg.to_dict()):
+            current = getattr(cfg, key, None)
+            if isinstance(current, (list, tuple)) and len(current) == num_layers:
+                new = [v for i, v in enumerate(current) if i in set(keep)]
+                object.__setattr__(cfg, key, type(current)(new) if isinstance(current, tuple) else new)
+        object.__setattr__(cfg, "num_hidden_layers", len(keep))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# prune: score -> remove -> save (+ model card)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PruneResult:
+    """What ``prune`` wrote."""
+
+    out_dir: Path
+    removed_blocks: list[int]
+    num_layers_before: int
+    num_layers_after: int
+    params_before: int
+    params_after: int
+    metric: str
+    table_path: Path | None = None
+    heatmap_path: Path | None = None
+    score_result: Any = None
+    reused: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params_removed(self) -> int:
+        """Parameters removed by the surgery."""
+        return self.params_before - self.params_after
+
+    def summary(self) -> str:
+        """One human-readable paragraph."""
+        pct = 100.0 * self.params_removed / max(self.params_before, 1)
+        return (
+            f"removed blocks {self.removed_blocks} ({self.metric}); layers {self.num_layers_before} -> "
+            f"{self.num_layers_after}; parameters {self.params_before:,} -> {self.params_after:,} "
+            f"(-{self.params_removed:,}, -{pct:.1f}%); saved to {self.out_dir}"
+        )
+
+
+def _read_num_layers(model_dir: Path) -> int:
+    cfg_path = model_dir / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {cfg_path}: {exc}") from exc
+    for c in (cfg, cfg.get("text_config") or {}):
+        if isinstance(c.get("num_hidden_layers"), int):
+            return int(c["num_hidden_layers"])
+    raise ValueError(f"{cfg_path} has no num_hidden_layers")
+
+
+def _model_identity(model_dir: Path) -> dict[str, Any]:
+    files = {}
+    for p in sorted(model_dir.iterdir()):
+        if p.suffix in {".safetensors", ".bin"} or p.name in {"config.json", "tokenizer.json"}:
+            st = p.stat()
+            files[p.name] = file_hash(p) if p.suffix == ".json" else [st.st_size, int(st.st_mtime)]
+    return {"path": str(model_dir.resolve()), "files": files}
+
+
+def _validate_num_blocks(num_blocks: Any, num_layers: int) -> int:
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, int):
+        raise ValueError(f"num_blocks must be an integer, got {num_blocks!r}")
+    if num_blocks <= 0 or num_blocks >= num_layers:
+        raise ValueError(
+            f"num_blocks={num_blocks} is out of range: it must satisfy 0 < num_blocks < {num_layers} "
+            f"(the model has {num_layers} blocks)"
+        )
+    return num_blocks
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / _DONE_FILE).is_file() and (folder / "config.json").is_file()
+
+
+def _result_from_folder(folder: Path) -> PruneResult:
+    meta = json.loads((folder / _DONE_FILE).read_text(encoding="utf-8"))
+    heat = folder / "heatmap.png"
+    return PruneResult(
+        out_dir=folder,
+        removed_blocks=list(meta["removed_blocks"]),
+        num_layers_before=meta["num_layers_before"],
+        num_layers_after=meta["num_layers_after"],
+        params_before=meta["params_before"],
+        params_after=meta["params_after"],
+        metric=meta["metric"],
+        table_path=folder / _DONE_FILE,
+        heatmap_path=heat if heat.is_file() else None,
+        score_result=None,
+        reused=True,
+        extra=meta,
+    )
+
+
+def prune(
+    model: str | os.PathLike = "smollm2-135m-instruct",
+    num_blocks: int = 6,
+    metric: str = "angular",
+    calibration: str | os.PathLike | None = None,
+    start: int | None = None,
+    out: str | os.PathLike | None = None,
+    tokens: str | None = None,
+    num_samples: int = 64,
+    max_length: int = 256,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    text_field: str | None = None,
+    overwrite: bool = False,
+) -> PruneResult:
+    """Score the blocks of ``model``, remove ``num_blocks`` of them and save a HF checkpoint.
+
+    ``start`` forces the removed run to ``[start, start+num_blocks)`` (the table is still computed
+    for the model card). With ``out=None`` the result goes to a content-addressed folder under
+    ``cache_dir()/pruned`` and is reused when complete. Bad input (``num_blocks``, ``metric``,
+    ``start``, ``tokens``, calibration source) raises before any weights load.
+    """
+    from . import plugins
+    from .calibration import calibration_identity, load_calibration_texts
+    from .models import resolve_model
+
+    model_dir = resolve_model(model)
+    num_layers = _read_num_layers(model_dir)
+    num_blocks = _validate_num_blocks(num_blocks, num_layers)
+    metric_obj = plugins.get_metric(metric)
+    if tokens is not None and tokens not in ("last", "all"):
+        raise ValueError(f"tokens must be 'last' or 'all', got {tokens!r}")
+    token_mode = tokens or metric_obj.default_tokens
+    if start is not None:
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise ValueError(f"start must be an integer, got {start!r}")
+        if start < 0 or start + num_blocks > num_layers:
+            raise ValueError(
+                f"start={start} with num_blocks={num_blocks} is out of range for {num_layers} blocks "
+                f"(need 0 <= start <= {num_layers - num_blocks})"
+            )
+    for name, value in (("num_samples", num_samples), ("max_length", max_length), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    texts = load_calibration_texts(calibration, limit=num_samples, text_field=text_field)
+
+    key = {
+        "version": 1,
+        "model": _model_identity(model_dir),
+        "num_blocks": num_blocks,
+        "metric": metric,
+        "tokens": token_mode,
+        "calibration": calibration_identity(calibration, text_field=text_field),
+        "num_samples": num_samples,
+        "max_length": max_length,
+        "start": start,
+        "dtype": dtype,
+    }
+    if out is None:
+        out_dir = cache_dir() / "pruned" / f"{model_dir.name}-n{num_blocks}-{metric}-{stable_hash(key)}"
+        if _is_complete(out_dir) and not overwrite:
+            log.info("reusing pruned model %s", out_dir)
+            return _result_from_folder(out_dir)
+    else:
+        out_dir = Path(out)
+        if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+            if _is_complete(out_dir):
+                prev = json.loads((out_dir / _DONE_FILE).read_text(encoding="utf-8"))
+                if prev.get("cache_key") == stable_hash(key):
+                    log.info("reusing pruned model %s (same settings)", out_dir)
+                    return _result_from_folder(out_dir)
+            raise ValueError(
+                f"output folder {out_dir} exists and is not empty (pass overwrite=True / --overwrite)"
+            )
+
+    from .models import load_model
+    from .scoring import score_blocks
+
+    lm, tok = load_model(model_dir, dtype=dtype)
+    score = score_blocks(
+        lm, tok, texts, metric=metric, tokens=token_mode, batch_size=batch_size, max_length=max_length
+    )
+    removed = list(range(start, start + num_blocks)) if start is not None else score.removed(num_blocks)
+    params_before = count_parameters(lm)
+    remove_blocks(lm, removed)
+    params_after = count_parameters(lm)
+    num_after = len(decoder_layers(lm))
+
+    meta = {
+        "source_model": str(model),
+        "source_path": str(model_dir),
+        "metric": metric,
+        "tokens": token_mode,
+        "calibration": str(calibration) if calibration is not None else "builtin",
+        "num_calibration_texts": len(texts),
+        "max_length": max_length,
+        "num_blocks": num_blocks,
+        "start": start,
+        "removed_blocks": removed,
+        "num_layers_before": num_layers,
+        "num_layers_after": num_after,
+        "params_before": params_before,
+        "params_after": params_after,
+        "dtype": dtype,
+        "cache_key": stable_hash(key),
+        "score": score.to_json(),
+    }
+    with atomic_dir(out_dir) as tmp:
+        lm.config.name_or_path = ""
+        lm.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        heat = tmp / "heatmap.png"
+        score.plot_heatmap(heat, title=f"{model_dir.name}: {metric} d(l, n)", highlight=(removed, num_blocks))
+        (tmp / "README.md").write_text(_model_card(meta, score), encoding="utf-8")
+        write_json_atomic(tmp / _DONE_FILE, meta)
+    result = PruneResult(
+        out_dir=out_dir,
+        removed_blocks=removed,
+        num_layers_before=num_layers,
+        num_layers_after=num_after,
+        params_before=params_before,
+        params_after=params_after,
+        metric=metric,
+        table_path=out_dir / _DONE_FILE,
+        heatmap_path=out_dir / "heatmap.png",
+        score_result=score,
+        extra=meta,
+    )
+    log.info("%s", result.summary())
+    return result
+
+
+def _model_card(meta: dict[str, Any], score) -> str:
+    removed = meta["removed_blocks"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [layer-pruning, sdd-plugin]",
+        "---",
+        "",
+        f"# {Path(meta['source_path']).name} pruned: {meta['num_layers_before']} -> {meta['num_layers_after']} blocks",
+        "",
+        "Pruned with [sdd-plugin](https://arxiv.org/abs/2410.09982) (block scoring after Gromov et al., "
+        "arXiv 2403.17887). Heal it with (self-data-distilled) fine-tuning before use.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source model | `{meta['source_model']}` |",
+        f"| metric | `{meta['metric']}` (tokens: `{meta['tokens']}`) |",
+        f"| calibration | `{meta['calibration']}` ({meta['num_calibration_texts']} texts, max {meta['max_length']} tokens) |",
+        f"| removed blocks | {removed}"
+        + (" (explicit start)" if meta.get("start") is not None else "")
+        + " |",
+        f"| layers | {meta['num_layers_before']} -> {meta['num_layers_after']} |",
+        f"| parameters | {meta['params_before']:,} -> {meta['params_after']:,} "
+        f"(-{meta['params_before'] - meta['params_after']:,}) |",
+        "",
+        f"## Best start block per n ({meta['metric']})",
+        "",
+        score.markdown_table(),
+        "",
+        "![d(l, n) heatmap](heatmap.png)",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'model = AutoModelForCausalLM.from_pretrained("PATH_TO_THIS_FOLDER")',
+        'tok = AutoTokenizer.from_pretrained("PATH_TO_THIS_FOLDER")',
+        "```",
+        "",
+        "All metadata, including the full d(l, n) table, is in `sdd_prune.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "PruneResult",
+    "count_parameters",
+    "decoder_layers",
+    "prune",
+    "remove_blocks",
+    "validate_blocks",
+]
