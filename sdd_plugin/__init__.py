@@ -12,7 +12,7 @@ from .plugins import available, get_plugin_manager
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "available", "get_plugin_manager", "hookimpl", "hookspec", "resolve_model"]
+__all__ = ["__version__", "available", "get_plugin_manager", "hookimpl", "hookspec", "resolve_model", "contiguous_argmin"]
 
 
 def __getattr__(name: str):
@@ -20,4 +20,8 @@ def __getattr__(name: str):
         from . import models
 
         return getattr(models, name)
+    if name == "contiguous_argmin":
+        from .builtins.metrics import contiguous_argmin
+
+        return contiguous_argmin
     raise AttributeError(name)
