@@ -299,3 +299,64 @@ def score_blocks(
     if any(math.isnan(float(v)) for v in table.flatten()):
         raise ValueError("scoring produced NaN distances (check the model weights and calibration texts)")
     return result
+
+
+def score_model(
+    model: str = "smollm2-135m-instruct",
+    metric: str = "angular",
+    calibration: str | None = None,
+    tokens: str | None = None,
+    num_samples: int = 64,
+    max_length: int = 256,
+    batch_size: int = 8,
+    dtype: str = "float32",
+    text_field: str | None = None,
+    progress: bool = True,
+) -> ScoreResult:
+    """Resolve ``model``, load the calibration texts, then load weights and :func:`score_blocks`.
+
+    Metric, token mode, sizes and the calibration source are validated before weights load.
+    """
+    from .calibration import load_calibration_texts
+    from .models import load_model, resolve_model
+
+    metric_obj = plugins.get_metric(metric)
+    if tokens is not None and tokens not in ("last", "all"):
+        raise ValueError(f"tokens must be 'last' or 'all', got {tokens!r}")
+    for name, value in (("num_samples", num_samples), ("max_length", max_length), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    path = resolve_model(model)
+    texts = load_calibration_texts(calibration, limit=num_samples, text_field=text_field)
+    lm, tok = load_model(path, dtype=dtype)
+    return score_blocks(
+        lm,
+        tok,
+        texts,
+        metric=metric,
+        tokens=tokens or metric_obj.default_tokens,
+        batch_size=batch_size,
+        max_length=max_length,
+        progress=progress,
+    )
+
+
+def write_score_outputs(
+    result: ScoreResult, out_dir: str | Path, title: str | None = None
+) -> dict[str, Path]:
+    """Write ``score.json``, ``score.md`` and ``heatmap.png`` into ``out_dir``; return their paths."""
+    from .cache import write_text_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "score.json", "md": out / "score.md", "png": out / "heatmap.png"}
+    result.save_json(paths["json"])
+    md = (
+        f"# Block scores: {title or result.metric}\n\n"
+        f"metric `{result.metric}`, tokens `{result.tokens}`, {result.num_samples} samples, "
+        f"{result.num_tokens} tokens, {result.num_layers} blocks.\n\n"
+        f"{result.markdown_table()}\n\n![d(l, n)](heatmap.png)\n"
+    )
+    write_text_atomic(paths["md"], md)
+    result.plot_heatmap(paths["png"], title=title)
+    return paths
