@@ -90,6 +90,8 @@ class GenerationResult:
     index: int
     text: str
     num_tokens: int
+    finished: bool = True
+    """False when generation stopped at ``max_new_tokens`` instead of an EOS (truncated)."""
 
 
 @runtime_checkable

@@ -1,0 +1,149 @@
+"""Built-in teacher generation backend ``hf``: batched transformers ``generate`` on CPU or GPU.
+
+Prompts are sorted by token length (longest first) and cut into fixed batches
+(:func:`plan_batches`), left-padded, and generated greedily by default (sampling optional) under
+``torch.inference_mode()`` until every row hits an EOS id (the tokenizer's and the generation
+config's) or ``max_new_tokens``. Only the new tokens are decoded, special tokens skipped.
+``num_tokens`` counts generated tokens up to and including the first EOS (padding after it is not
+counted). A tqdm bar shows rows/s, with tokens/s in its postfix.
+
+``settings.extra`` keys understood here: ``dtype`` (``"float32"``, ``"bfloat16"``, ...),
+``device`` (default: cuda when available, else cpu), ``cache_implementation`` (passed to
+``generate``, e.g. ``"static"``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..hookspecs import hookimpl
+from ..interfaces import GenerationResult, GenerationSettings
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Fixed batches of prompt indices: sorted by length (longest first, ties by index), then cut
+    into chunks of ``batch_size``. A subset made of whole batches plans into the same batches."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every EOS id: the tokenizer's plus the generation config's (int or list)."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    gen_eos = getattr(generation_config, "eos_token_id", None)
+    if gen_eos is not None:
+        ids.extend(int(i) for i in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]))
+    return sorted(set(ids))
+
+
+class HFBackend:
+    """Batched ``model.generate`` with left padding and length-sorted fixed batches."""
+
+    name = "hf"
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self.last_stats: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ model
+    def load(self, model_path: str, settings: GenerationSettings | None = None):
+        """``(model, tokenizer)`` for ``model_path``, loaded once per process and reused."""
+        import torch
+
+        from ..models import load_model
+
+        extra = (settings.extra if settings else {}) or {}
+        dtype = str(extra.get("dtype", "float32"))
+        device = str(extra.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+        key = (str(model_path), dtype, device)
+        if key not in self._loaded:
+            model, tok = load_model(model_path, dtype=dtype)
+            model.to(device)
+            self._loaded = {key: (model, tok)}  # keep one teacher in memory
+        return self._loaded[key]
+
+    def prompt_lengths(self, tokenizer, prompts: Sequence[str]) -> list[int]:
+        """Token length of each rendered prompt (no special tokens added: the template has them)."""
+        if not prompts:
+            return []
+        return [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+
+    # -------------------------------------------------------------- generate
+    def generate(
+        self,
+        model_path: str,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        on_result: Callable[[GenerationResult], None],
+        *,
+        show_progress: bool = True,
+        desc: str = "distill",
+    ) -> None:
+        """Generate a continuation of every prompt; ``on_result`` is called per row as each batch ends."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from ..cache import stable_hash
+
+        if settings.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
+        model, tok = self.load(model_path, settings)
+        eos_ids = stop_token_ids(tok, model.generation_config)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
+        batches = plan_batches(self.prompt_lengths(tok, prompts), settings.batch_size)
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=settings.max_new_tokens,
+            eos_token_id=eos_ids,
+            pad_token_id=pad_id,
+            do_sample=settings.do_sample,
+        )
+        if settings.do_sample:
+            gen_kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+        else:  # silence "temperature is set but do_sample=False" from the model's own config
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        if settings.extra.get("cache_implementation"):
+            gen_kwargs["cache_implementation"] = settings.extra["cache_implementation"]
+
+        total_tokens, start = 0, time.perf_counter()
+        bar = tqdm(total=len(prompts), desc=desc, unit="row", disable=not show_progress, dynamic_ncols=True)
+        try:
+            for batch in batches:
+                texts = [prompts[i] for i in batch]
+                enc = tok(
+                    texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+                ).to(model.device)
+                if settings.do_sample:  # same batch -> same samples, also after a resume
+                    torch.manual_seed(settings.seed + int(stable_hash(texts, 8), 16))
+                with torch.inference_mode():
+                    out = model.generate(**enc, **gen_kwargs)
+                new = out[:, enc["input_ids"].shape[1] :].tolist()
+                for row_idx, ids in zip(batch, new):
+                    stop = next((j for j, t in enumerate(ids) if t in eos_ids), None)
+                    kept = ids if stop is None else ids[:stop]
+                    num = len(ids) if stop is None else stop + 1
+                    total_tokens += num
+                    text = tok.decode(kept, skip_special_tokens=True)
+                    on_result(GenerationResult(row_idx, text.strip(), num, finished=stop is not None))
+                bar.update(len(batch))
+                elapsed = max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(tok_s=f"{total_tokens / elapsed:.1f}", refresh=False)
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        self.last_stats = {"rows": len(prompts), "tokens": total_tokens, "seconds": elapsed}
+
+
+#: One instance per process, so a loaded teacher is reused across calls.
+HF_BACKEND = HFBackend()
+
+
+@hookimpl
+def sdd_generation_backends():
+    """The built-in backends."""
+    return [HF_BACKEND]

@@ -1,0 +1,90 @@
+"""``sdd distill``: the teacher rewrites a fine-tuning set's responses (self-data distillation)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "self-data distillation: the unpruned teacher rewrites every response of a fine-tuning set"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--teacher", default="smollm2-135m-instruct", help="teacher model (name, folder, hub id)"
+    )
+    parser.add_argument(
+        "--data", required=True, help="dataset: local json/jsonl(.gz)/parquet/csv, folder or hub id"
+    )
+    parser.add_argument(
+        "--format",
+        default="gsm8k",
+        help="dataset format: alpaca, dolly, messages (chat), sharegpt, gsm8k, openmath (default gsm8k)",
+    )
+    parser.add_argument("--out", required=True, help="output folder (or a .jsonl file)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    parser.add_argument("--split", default="train", help="split of a hub dataset (default train)")
+    parser.add_argument(
+        "--template", default=None, help="template (default: math for gsm8k/openmath, else general)"
+    )
+    parser.add_argument("--checker", default=None, help="answer checker (default like --template)")
+    parser.add_argument("--backend", default="hf", help="generation backend (default hf)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default=None, help="teacher dtype, e.g. bfloat16 (default float32)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="cache root (default $SDD_CACHE_DIR or ~/.cache/sdd-plugin)"
+    )
+    parser.add_argument("--no-nll", action="store_true", help="skip the NLL distribution-shift meter")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..distill import distill_dataset
+    from ..interfaces import GenerationSettings
+
+    if args.limit is not None and args.limit < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    extra = {"dtype": args.dtype} if args.dtype else {}
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        extra=extra,
+    )
+    result = distill_dataset(
+        teacher=args.teacher,
+        data=args.data,
+        format=args.format,
+        out=args.out,
+        template=args.template,
+        checker=args.checker,
+        limit=args.limit,
+        split=args.split,
+        settings=settings,
+        backend=args.backend,
+        cache_dir=args.cache_dir,
+        measure_nll=not args.no_nll,
+        show_progress=not args.no_progress,
+    )
+    r = result.report
+    keys = (
+        "rows",
+        "accepted",
+        "acceptance_rate",
+        "fallbacks",
+        "mean_generated_tokens",
+        "tokens_per_s",
+        "nll_original",
+        "nll_distilled",
+    )
+    print(json.dumps({k: r.get(k) for k in keys}, indent=2))
+    print(f"wrote {result.output_path} and {result.report_path}")
+    return 0

@@ -1,0 +1,456 @@
+"""Self-data distillation (SDD, arXiv 2410.09982): the unpruned teacher rewrites every response of a
+fine-tuning set in its own words, seeing the instruction and the original response (SDFT
+templates, Yang et al. 2402.13669). Rewrites that a checker rejects fall back to the original.
+
+Pipeline of :func:`distill_dataset`:
+
+1. load and validate every row (before any weights load) — :mod:`sdd_plugin.formats`;
+2. render each row through the template and the teacher's own chat template (+ assistant prefix);
+3. plan fixed, length-sorted batches over *all* rows and generate the batches not in the cache yet;
+   finished rows are appended to ``<cache>/distill/<run hash>/rows.jsonl`` (flushed and fsynced),
+   so a killed run resumes where it stopped and recomputes only unfinished batches — the same
+   batches an uninterrupted run would run, so its output is identical;
+4. check every rewrite (truncated / empty / talks about the prompt / wrong final answer) and fall
+   back to the original response where rejected;
+5. write ``distilled.jsonl`` (the input's schema, response replaced, nothing added), ``rows.jsonl``
+   (per row: index, accepted, reason, num_tokens), ``distill_report.json`` and ``distill_report.md``.
+
+Choices: the distilled response is the generated continuation only (the assistant prefix such as
+"Great! Let's think step by step." is not part of it, as in SDFT); an accepted math rewrite gets the
+dataset's final-answer line appended when it lacks one (``#### n`` for GSM8K, ``\\boxed{}`` for
+OpenMathInstruct), so downstream answer parsers keep working. A generation that hit
+``max_new_tokens`` without EOS is rejected as ``truncated``. The generation cache does not depend
+on the checker (checks are cheap and re-run every time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import cache_dir as default_cache_dir
+from .cache import stable_hash, write_json_atomic, write_text_atomic
+from .formats import (
+    FORMAT_FOR_AXOLOTL_TYPE,
+    Example,
+    describe_source,
+    format_for_axolotl_type,
+    get_format,
+    load_rows,
+    read_examples,
+)
+from .interfaces import GenerationResult, GenerationSettings
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DistillResult",
+    "FORMAT_FOR_AXOLOTL_TYPE",
+    "distill_dataset",
+    "format_for_axolotl_type",
+    "render_prompt",
+    "response_nll",
+]
+
+OUTPUT_NAME = "distilled.jsonl"
+REPORT_NAME = "distill_report.json"
+REPORT_MD_NAME = "distill_report.md"
+ROWS_NAME = "rows.jsonl"
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill_dataset` produced."""
+
+    output_path: Path
+    """The distilled rows (jsonl, the input's schema with the response replaced)."""
+    report: dict[str, Any]
+    report_path: Path
+    rows_path: Path
+    """Per-row side file: index, accepted, reason, num_tokens."""
+    rows: list[dict] = field(default_factory=list, repr=False)
+    """The distilled rows themselves."""
+
+
+# ----------------------------------------------------------------------------------- rendering
+
+
+def render_prompt(tokenizer, messages: list[dict[str, str]], prefix: str = "") -> str:
+    """Render chat messages through the teacher's chat template (generation prompt on) + ``prefix``."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:  # a base model without a chat template: a plain instruction layout
+        text = "\n\n".join(m["content"].strip() for m in messages) + "\n\n### Response:\n"
+    return text + prefix
+
+
+def _teacher_identity(path: Path) -> dict[str, Any]:
+    weights = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors"))
+    cfg = path / "config.json"
+    return {
+        "path": str(path.resolve()),
+        "config": stable_hash(cfg.read_text()) if cfg.is_file() else None,
+        "weights": weights,
+    }
+
+
+# --------------------------------------------------------------------------------------- cache
+
+
+class RowCache:
+    """Append-only ``rows.jsonl``: one JSON line per finished row, fsynced; torn lines ignored."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / "rows.jsonl"
+        self.records: dict[str, dict] = {}
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line torn by a kill
+                    if isinstance(rec, dict) and isinstance(rec.get("key"), str) and "text" in rec:
+                        self.records.setdefault(rec["key"], rec)
+        self._file = None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def add(self, key: str, result: GenerationResult) -> None:
+        """Append one finished row and make it durable."""
+        rec = {"key": key, "text": result.text, "num_tokens": result.num_tokens, "finished": result.finished}
+        if self._file is None:
+            needs_newline = self.path.is_file() and self.path.stat().st_size > 0 and not self._ends_newline()
+            self._file = open(self.path, "a", encoding="utf-8")
+            if needs_newline:
+                self._file.write("\n")
+        self._file.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.records.setdefault(key, rec)
+
+    def _ends_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# ------------------------------------------------------------------------------------ NLL meter
+
+
+def response_nll(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    batch_size: int = 4,
+    max_response_tokens: int = 512,
+    show_progress: bool = False,
+) -> tuple[float, list[tuple[float, int]]]:
+    """Teacher's mean per-token NLL of ``responses`` given ``prompts`` (rendered strings).
+
+    Returns ``(token-weighted mean, [(sum NLL, tokens) per row])``. Batched with left padding, only
+    the response positions' logits are computed (``logits_to_keep``).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer([r or "" for r in responses], add_special_tokens=False)["input_ids"]
+    r_ids = [ids[:max_response_tokens] for ids in r_ids]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(prompts)), key=lambda i: -(len(p_ids[i]) + len(r_ids[i])))
+    per_row: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+    bar = tqdm(total=len(order), desc="nll", unit="row", disable=not show_progress, dynamic_ncols=True)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        batch = [i for i in order[start : start + batch_size] if r_ids[i]]
+        bar.update(min(batch_size, len(order) - start))
+        if not batch:
+            continue
+        seqs = [p_ids[i] + r_ids[i] for i in batch]
+        width = max(len(s) for s in seqs)
+        keep = max(len(r_ids[i]) for i in batch) + 1
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=position_ids.to(device),
+                logits_to_keep=keep,
+            ).logits.float()
+        for row, i in enumerate(batch):
+            n = len(r_ids[i])
+            # logits[-k] predicts the token at position width-k+1; the response is the last n tokens
+            pred = logits[row, keep - n - 1 : keep - 1]
+            target = torch.tensor(r_ids[i], device=pred.device)
+            nll = torch.nn.functional.cross_entropy(pred, target, reduction="sum").item()
+            per_row[i] = (nll, n)
+    bar.close()
+    total = sum(s for s, _ in per_row)
+    count = sum(n for _, n in per_row)
+    return (total / count if count else float("nan")), per_row
+
+
+def _mean_nll(per_row: list[tuple[float, int]], rows: list[int] | None = None) -> float | None:
+    pick = per_row if rows is None else [per_row[i] for i in rows]
+    count = sum(n for _, n in pick)
+    return round(sum(s for s, _ in pick) / count, 4) if count else None
+
+
+# -------------------------------------------------------------------------------------- distill
+
+
+def _resolve_out(out: str | os.PathLike) -> tuple[Path, Path]:
+    out = Path(out)
+    if out.suffix.lower() in {".jsonl", ".json"}:
+        return out.parent, out
+    return out, out / OUTPUT_NAME
+
+
+def distill_dataset(
+    teacher: str | os.PathLike = "smollm2-135m-instruct",
+    data: str | os.PathLike | Sequence[dict] = "",
+    format: str = "gsm8k",
+    out: str | os.PathLike = "distilled",
+    template: str | None = None,
+    checker: str | None = None,
+    limit: int | None = None,
+    split: str = "train",
+    settings: GenerationSettings | None = None,
+    backend: str = "hf",
+    cache_dir: str | os.PathLike | None = None,
+    measure_nll: bool = True,
+    show_progress: bool = True,
+) -> DistillResult:
+    """Self-distill a fine-tuning set with ``teacher`` and write it in the input's schema.
+
+    ``data`` is a local file/folder, a hub id or a list of rows; ``format`` one of
+    :data:`sdd_plugin.formats.FORMATS`; ``out`` a folder (``distilled.jsonl`` and the reports go
+    there) or a ``.jsonl`` file (reports beside it). ``template``/``checker`` default by format
+    (gsm8k/openmath -> ``math``, else ``general``). Resumes from and reuses the cache under
+    ``cache_dir`` (default :func:`sdd_plugin.cache.cache_dir`).
+    """
+    from .models import load_tokenizer, resolve_model
+    from .plugins import get_backend, get_checker, get_template
+
+    t0 = time.perf_counter()
+    spec = get_format(format)
+    if data is None or (isinstance(data, (str, os.PathLike)) and not str(data)):
+        raise ValueError("data: give a dataset file, folder, hub id or a list of rows")
+    settings = settings or GenerationSettings()
+    if settings.batch_size < 1 or settings.max_new_tokens < 1:
+        raise ValueError("settings: batch_size and max_new_tokens must be >= 1")
+    template_obj = get_template(template or spec.default_template)
+    checker_obj = get_checker(checker or spec.default_checker)
+    backend_obj = get_backend(backend)
+    source = describe_source(data)
+    rows = load_rows(data, spec.name, split=split, limit=limit, validate=False)
+    examples: list[Example] = read_examples(rows, spec.name, source)  # errors before weights load
+    out_dir, out_path = _resolve_out(out)
+
+    teacher_path = resolve_model(teacher)
+    tok = load_tokenizer(teacher_path)
+    prompts = []
+    for ex in examples:
+        messages, prefix = template_obj.render(ex.instruction, ex.prompt_reference)
+        prompts.append(render_prompt(tok, messages, prefix))
+
+    settings_dict = asdict(settings)
+    run_id = {
+        "teacher": _teacher_identity(teacher_path),
+        "backend": backend_obj.name,
+        "settings": settings_dict,
+    }
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = RowCache(root / "distill" / stable_hash(run_id))
+    write_json_atomic(cache.folder / "run.json", run_id)
+    keys = [stable_hash({"prompt": p, "template": template_obj.name}, 24) for p in prompts]
+
+    # Fixed batches over ALL rows; a batch is redone whole unless every row of it is cached.
+    from .builtins.backends import plan_batches
+
+    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    batches = plan_batches(lengths, settings.batch_size)
+    pending = [b for b in batches if not all(keys[i] in cache for i in b)]
+    todo = [i for b in pending for i in b]
+    cached_rows = len(rows) - len(todo)
+    gen_seconds, gen_tokens = 0.0, 0
+    if todo:
+        log.info(
+            "distilling %d rows with %s (%d cached, %d batches of %d)",
+            len(todo),
+            teacher,
+            cached_rows,
+            len(pending),
+            settings.batch_size,
+        )
+
+        def on_result(res: GenerationResult) -> None:
+            nonlocal gen_tokens
+            gen_tokens += res.num_tokens
+            cache.add(keys[todo[res.index]], res)
+
+        g0 = time.perf_counter()
+        try:
+            kwargs = {"show_progress": show_progress} if backend_obj.name == "hf" else {}
+            backend_obj.generate(str(teacher_path), [prompts[i] for i in todo], settings, on_result, **kwargs)
+        finally:
+            cache.close()
+        gen_seconds = time.perf_counter() - g0
+    missing = [i for i in range(len(rows)) if keys[i] not in cache]
+    if missing:
+        raise RuntimeError(f"the {backend_obj.name} backend returned no result for rows {missing[:10]}")
+
+    # Checks and fallback.
+    out_rows, side, responses, reasons = [], [], [], Counter()
+    accepted_idx = []
+    for i, (row, ex) in enumerate(zip(rows, examples)):
+        rec = cache.records[keys[i]]
+        text = rec["text"]
+        reason = None if rec.get("finished", True) else "truncated"
+        if reason is None:
+            reason = checker_obj.check(text, ex.reference, ex.expected)
+        if reason is None:
+            response = spec.finalize(text, ex) if spec.finalize else text
+            accepted_idx.append(i)
+        else:
+            response = ex.reference
+            reasons[reason] += 1
+        responses.append(response)
+        out_rows.append(spec.with_response(row, response))
+        side.append(
+            {"index": i, "accepted": reason is None, "reason": reason, "num_tokens": rec["num_tokens"]}
+        )
+
+    # Distribution-shift meter: teacher NLL of original vs distilled responses, plain prompt.
+    nll: dict[str, Any] = {}
+    if measure_nll and rows:
+        load = getattr(backend_obj, "load", None)
+        if load is not None:
+            model, _ = load(str(teacher_path), settings)
+        else:
+            from .models import load_model
+
+            model, _ = load_model(teacher_path)
+        plain = [render_prompt(tok, ex.messages) for ex in examples]
+        bs = max(1, min(settings.batch_size, 4))
+        _, orig = response_nll(
+            model, tok, plain, [ex.reference for ex in examples], bs, show_progress=show_progress
+        )
+        _, dist = response_nll(model, tok, plain, responses, bs, show_progress=show_progress)
+        nll = {
+            "nll_original": _mean_nll(orig),
+            "nll_distilled": _mean_nll(dist),
+            "nll_original_accepted": _mean_nll(orig, accepted_idx),
+            "nll_distilled_accepted": _mean_nll(dist, accepted_idx),
+        }
+        if nll["nll_original"] is not None and nll["nll_distilled"] is not None:
+            nll["nll_delta"] = round(nll["nll_distilled"] - nll["nll_original"], 4)
+
+    n = len(rows)
+    num_tokens = [s["num_tokens"] for s in side]
+    report: dict[str, Any] = {
+        "rows": n,
+        "accepted": len(accepted_idx),
+        "acceptance_rate": round(len(accepted_idx) / n, 4) if n else None,
+        "fallbacks": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "mean_generated_tokens": round(sum(num_tokens) / n, 2) if n else None,
+        "generated_rows": len(todo),
+        "cached_rows": cached_rows,
+        "generated_tokens": gen_tokens,
+        "generation_seconds": round(gen_seconds, 2),
+        "tokens_per_s": round(gen_tokens / gen_seconds, 2) if gen_seconds > 0 else None,
+        "rows_per_s": round(len(todo) / gen_seconds, 3) if gen_seconds > 0 else None,
+        "nll_original": None,
+        "nll_distilled": None,
+        **nll,
+        "teacher": str(teacher),
+        "teacher_path": str(teacher_path),
+        "template": template_obj.name,
+        "checker": checker_obj.name,
+        "backend": backend_obj.name,
+        "format": spec.name,
+        "source": source,
+        "split": split,
+        "limit": limit,
+        "settings": settings_dict,
+        "output": str(out_path),
+        "cache": str(cache.folder),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
+    rows_path = out_dir / ROWS_NAME
+    write_text_atomic(rows_path, "".join(json.dumps(s) + "\n" for s in side))
+    report_path = out_dir / REPORT_NAME
+    write_json_atomic(report_path, report)
+    write_text_atomic(out_dir / REPORT_MD_NAME, report_markdown(report))
+    return DistillResult(out_path, report, report_path, rows_path, out_rows)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """A short Markdown summary of a distillation report."""
+
+    def fmt(v: Any) -> str:
+        return "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    lines = [
+        "# Self-data distillation report",
+        "",
+        f"Teacher `{report['teacher']}`, template `{report['template']}`, checker `{report['checker']}`, "
+        f"format `{report['format']}`, source `{report['source']}`.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "rows",
+        "accepted",
+        "acceptance_rate",
+        "mean_generated_tokens",
+        "generated_rows",
+        "cached_rows",
+        "tokens_per_s",
+        "rows_per_s",
+        "nll_original",
+        "nll_distilled",
+        "nll_delta",
+    ):
+        if key in report:
+            lines.append(f"| {key} | {fmt(report[key])} |")
+    lines += ["", "## Fallbacks (original response kept)", ""]
+    if report["fallbacks"]:
+        lines += ["| reason | rows |", "|---|---|"]
+        lines += [f"| {reason} | {count} |" for reason, count in report["fallbacks"].items()]
+    else:
+        lines.append("none")
+    s = report["settings"]
+    lines += [
+        "",
+        f"Settings: max_new_tokens={s['max_new_tokens']}, batch_size={s['batch_size']}, "
+        f"do_sample={s['do_sample']}.",
+        "",
+    ]
+    return "\n".join(lines)
