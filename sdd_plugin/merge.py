@@ -134,12 +134,21 @@ def resolve_input(spec: str | os.PathLike, base_model: str | os.PathLike | None 
             raise ValueError(
                 f"{path}: only LoRA adapters can be merged, adapter_config.json says {peft_type}"
             )
-        base_name = base_model or cfg.get("base_model_name_or_path")
-        if not base_name:
-            raise ValueError(
-                f"{path / ADAPTER_CONFIG} has no base_model_name_or_path; pass the base model explicitly"
-            )
-        base = resolve_model(base_name)
+        recorded = cfg.get("base_model_name_or_path")
+        base = None
+        if recorded:
+            try:
+                base = resolve_model(recorded)
+            except FileNotFoundError:
+                if base_model is None:
+                    raise FileNotFoundError(
+                        f"the base model of adapter {path}, {recorded!r} (base_model_name_or_path in "
+                        f"{ADAPTER_CONFIG}), cannot be found; pass the base model explicitly"
+                    ) from None
+        if base is None:
+            if base_model is None:
+                raise ValueError(f"{path / ADAPTER_CONFIG} has no base_model_name_or_path; pass the base model")
+            base = resolve_model(base_model)
         return MergeInput(spec_s, "lora", path, base=base, layout=model_layout(base))
     folder = resolve_model(spec_s)
     return MergeInput(spec_s, "model", folder, layout=model_layout(folder))
@@ -258,8 +267,8 @@ def merge_models(
     ``method="slerp"``: exactly two models, interpolation ``t`` in [0, 1] (0 = the first model).
     ``method="ties"``: two or more fine-tunes of one base; ``densities`` (fraction of each task
     vector kept, default 0.5) and ``weights`` (default 1.0) are a number or one per model. The base
-    is ``base_model`` or the adapters' common base. ``base_model`` also overrides the base recorded
-    in adapters. Layouts are checked before any weights load or mergekit runs. Output is atomic; a
+    is ``base_model`` or the adapters' common base. An adapter is applied to the base recorded in its
+    ``adapter_config.json``; ``base_model`` stands in only when that one cannot be found. Layouts are checked before any weights load or mergekit runs. Output is atomic; a
     finished merge with identical settings is reused.
     """
     if method not in METHODS:

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--base-model",
-        help="the model the inputs were fine-tuned from (ties base; also overrides the base recorded in adapters)",
+        help="the model the inputs were fine-tuned from: the ties base, and the base for adapters whose recorded base is missing",
     )
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
