@@ -1,0 +1,318 @@
+"""sdd eval: lm-eval on local data, task rendering, caching, recovery math, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from sdd_plugin import evaluate as ev
+
+# --------------------------------------------------------------------------------------------
+# pure logic: task names, shots, recovery math
+# --------------------------------------------------------------------------------------------
+
+
+def test_unknown_task_lists_known_ones():
+    with pytest.raises(ValueError) as err:
+        ev.validate_tasks(["sdd_arc_easy", "sdd_nope"])
+    msg = str(err.value)
+    assert "sdd_nope" in msg and "sdd_arc_easy" in msg and "sdd_hellaswag" in msg and "openllm" in msg
+
+
+def test_expand_tasks_presets_and_dedup():
+    assert ev.expand_tasks("sdd_arc_easy, sdd_hellaswag", "quick") == ["sdd_arc_easy", "sdd_hellaswag"]
+    assert ev.expand_tasks(None, "openllm")[-1] == "sdd_arc_easy" and len(ev.PRESETS["openllm"]) == 7
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        ev.expand_tasks(None, "nope")
+    with pytest.raises(ValueError, match="no tasks"):
+        ev.expand_tasks("", None)
+
+
+def test_parse_shots():
+    assert ev.parse_shots("5") == 5
+    assert ev.parse_shots("sdd_arc_easy=0, sdd_hellaswag=10") == {"sdd_arc_easy": 0, "sdd_hellaswag": 10}
+    with pytest.raises(ValueError, match="sdd_hellaswag=ten"):
+        ev.parse_shots("sdd_hellaswag=ten")
+    assert ev._shots_for("sdd_arc_challenge", None) == 25
+    assert ev._shots_for("sdd_arc_challenge", {"sdd_hellaswag": 3}) == 25
+    assert ev._shots_for("sdd_hellaswag", {"sdd_hellaswag": 3}) == 3
+
+
+def test_recovery_formulas():
+    plain, above = ev.recovery(0.40, 0.50, 0.25)
+    assert plain == pytest.approx(0.8) and above == pytest.approx(0.6)
+    # a model at chance keeps 0% of the above-chance skill
+    assert ev.recovery(0.25, 0.5, 0.25)[1] == pytest.approx(0.0)
+    # baseline not above chance: above-chance recovery undefined, plain still defined
+    assert ev.recovery(0.3, 0.25, 0.25) == (pytest.approx(1.2), None)
+    assert ev.recovery(0.1, 0.0, 0.0) == (None, None)
+
+
+def _res(model: str, scores: dict[str, float], chance: dict[str, float], n: int = 100) -> dict:
+    return {
+        "model": model,
+        "tasks": {
+            t: {"metric": "acc", "value": v, "stderr": 0.01, "n": n, "shots": 0, "chance": chance[t]}
+            for t, v in scores.items()
+        },
+    }
+
+
+def test_recovery_table_multi_model_and_files(tmp_path):
+    chance = {"a": 0.25, "b": 0.5, "c": 0.0}
+    base = _res("/x/base", {"a": 0.5, "b": 0.7, "c": 0.2}, chance)
+    pruned = _res("/x/pruned", {"a": 0.4, "b": 0.6, "c": 0.1}, chance)
+    healed = _res("/y/healed", {"a": 0.45, "b": 0.7}, chance, n=50)
+    table = ev.recovery_table([pruned, healed], base)
+    assert table["baseline"] == "base" and table["tasks"] == ["a", "b", "c"]
+    p, h = table["models"]
+    assert p["model"] == "pruned" and h["model"] == "healed"
+    assert p["tasks"]["a"]["recovery"] == pytest.approx(0.8)
+    assert p["tasks"]["a"]["above_chance_recovery"] == pytest.approx(0.6)
+    assert p["tasks"]["b"]["above_chance_recovery"] == pytest.approx(0.5)
+    assert p["tasks"]["c"]["above_chance_recovery"] == pytest.approx(0.5)
+    assert p["average"]["recovery"] == pytest.approx((0.8 + 0.6 / 0.7 + 0.5) / 3)
+    assert p["average"]["above_chance_recovery"] == pytest.approx((0.6 + 0.5 + 0.5) / 3)
+    assert h["average"]["n_tasks"] == 2 and "c" not in h["tasks"]
+    assert any("n=50" in w for w in table["warnings"])  # different item counts are flagged
+    paths = ev.write_recovery(table, tmp_path)
+    assert json.loads(paths["json"].read_text())["models"][0]["model"] == "pruned"
+    md = paths["md"].read_text()
+    assert "| a | acc | 25.0% | 50.0% | 40.0% | 80.0% | 60.0% |" in md and "average" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
+
+
+# --------------------------------------------------------------------------------------------
+# data root, task rendering
+# --------------------------------------------------------------------------------------------
+
+
+def test_missing_data_root_names_path(tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        ev.prepare_tasks(["sdd_arc_easy"], missing)
+    monkeypatch.setenv("SDD_DATA_ROOT", str(missing))
+    with pytest.raises(FileNotFoundError, match="SDD_DATA_ROOT"):
+        ev.resolve_data_root()
+    # a data root without the task's files names the missing file
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="ARC-Easy-Train.jsonl"):
+        ev.check_task_data(["sdd_arc_easy"], tmp_path / "empty")
+
+
+def test_bad_row_names_file_and_row(tmp_path):
+    arc = tmp_path / "root" / "arc"
+    arc.mkdir(parents=True)
+    good = {
+        "id": "q1",
+        "question": {"stem": "2+2?", "choices": [{"text": "4", "label": "A"}, {"text": "5", "label": "B"}]},
+        "answerKey": "A",
+    }
+    bad = dict(good, id="q2", answerKey="E")
+    for split in ("Train", "Dev"):
+        (arc / f"ARC-Easy-{split}.jsonl").write_text(json.dumps(good) + "\n")
+    (arc / "ARC-Easy-Test.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match=r"ARC-Easy-Test.jsonl: row 2: answerKey 'E'"):
+        ev.prepare_tasks(["sdd_arc_easy"], tmp_path / "root")
+
+
+def test_prepare_tasks_renders_yaml_and_hf_schema(shared_data):
+    tasks = [
+        "sdd_arc_challenge",
+        "sdd_hellaswag",
+        "sdd_truthfulqa_mc2",
+        "sdd_winogrande",
+        "sdd_mmlu",
+        "sdd_gsm8k",
+    ]
+    folder = ev.prepare_tasks(tasks, shared_data)
+    for t in tasks:
+        text = (folder / ("sdd_mmlu/sdd_mmlu.yaml" if t == "sdd_mmlu" else f"{t}.yaml")).read_text()
+        assert ev.PLACEHOLDER not in text
+    yaml_text = (folder / "sdd_arc_challenge.yaml").read_text()
+    assert str(folder / "data" / "arc_challenge.test.jsonl") in yaml_text
+    data = folder / "data"
+    arc = [json.loads(x) for x in (data / "arc_challenge.test.jsonl").read_text().splitlines()]
+    assert len(arc) == 1172 and all(r["answerKey"] in r["choices"]["label"] for r in arc)
+    assert any(r["choices"]["label"][0] == "1" for r in arc)  # numeric labels kept, mapped per row
+    hs = (data / "hellaswag.validation.jsonl").read_text().splitlines()
+    first = json.loads(hs[0])
+    assert len(hs) == 10042 and first["label"] == 3 and len(first["choices"]) == 4
+    assert first["query"].startswith("Roof shingle removal: A man is sitting on a roof.")
+    tqa = json.loads((data / "truthfulqa.validation.jsonl").read_text().splitlines()[0])
+    assert (
+        len(tqa["mc2_targets"]["choices"]) == len(tqa["mc2_targets"]["labels"])
+        and 1 in tqa["mc2_targets"]["labels"]
+    )
+    mmlu = sorted((folder / "sdd_mmlu").glob("sdd_mmlu_*.yaml"))
+    assert len(mmlu) == 57
+    row = json.loads((data / "mmlu" / "abstract_algebra.test.jsonl").read_text().splitlines()[0])
+    assert row["answer"] == 1 and len(row["choices"]) == 4  # "B"
+    # rerendering is a no-op (stamps match): files are not rewritten
+    mtime = (data / "hellaswag.validation.jsonl").stat().st_mtime_ns
+    ev.prepare_tasks(["sdd_hellaswag"], shared_data)
+    assert (data / "hellaswag.validation.jsonl").stat().st_mtime_ns == mtime
+
+
+def test_synth_tasks_need_no_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDD_DATA_ROOT", str(tmp_path / "does-not-exist"))
+    folder = ev.prepare_tasks(["sdd_synth_mc", "sdd_synth_math"])
+    rows = (folder / "data" / "synth_math.test.jsonl").read_text().splitlines()
+    assert len(rows) == ev.SYNTH_TEST_ROWS and "####" in json.loads(rows[0])["answer"]
+    mc = json.loads((folder / "data" / "synth_mc.test.jsonl").read_text().splitlines()[0])
+    assert len(mc["choices"]) == 4 and 0 <= mc["label"] < 4
+
+
+# --------------------------------------------------------------------------------------------
+# real lm-eval runs on a tiny random model
+# --------------------------------------------------------------------------------------------
+
+
+def test_evaluate_tiny_results_shape_and_cache(tiny_models, shared_data, tmp_path):
+    model = tiny_models("llama", 2)
+    tasks = ["sdd_arc_easy", "sdd_winogrande", "sdd_synth_mc"]
+    r = ev.evaluate(
+        model, tasks, limit=3, num_fewshot={"sdd_winogrande": 1}, out=tmp_path / "a", batch_size=4
+    )
+    on_disk = json.loads((tmp_path / "a" / "eval_results.json").read_text())
+    assert list(on_disk["tasks"]) == tasks
+    assert on_disk["settings"]["apply_chat_template"] is False and on_disk["limit"] == 3
+    assert on_disk["lm_eval_version"] and on_disk["model_path"] == str(model)
+    for res in on_disk["tasks"].values():
+        assert res["n"] == 3 and len(res["per_item"]) == 3
+        assert 0.0 <= res["value"] <= 1.0 and math.isclose(res["value"], sum(res["per_item"]) / 3)
+        assert res["cached"] is False
+    assert (
+        on_disk["tasks"]["sdd_winogrande"]["shots"] == 1
+        and on_disk["tasks"]["sdd_winogrande"]["chance"] == 0.5
+    )
+    assert (
+        on_disk["tasks"]["sdd_arc_easy"]["shots"] == 0 and on_disk["tasks"]["sdd_arc_easy"]["chance"] == 0.25
+    )
+    assert on_disk["tasks"]["sdd_arc_easy"]["metric"] == "acc"
+    assert "| sdd_winogrande | acc | 1 | 3 |" in (tmp_path / "a" / "eval_results.md").read_text()
+    # rerun: every task from the cache, identical numbers
+    again = ev.evaluate(model, tasks, limit=3, num_fewshot={"sdd_winogrande": 1}, out=tmp_path / "b")
+    assert all(v["cached"] for v in again["tasks"].values())
+    assert {t: v["value"] for t, v in again["tasks"].items()} == {
+        t: v["value"] for t, v in r["tasks"].items()
+    }
+    # a different setting is a different cache entry
+    other = ev.evaluate(model, ["sdd_synth_mc"], limit=2)
+    assert other["tasks"]["sdd_synth_mc"]["cached"] is False and other["tasks"]["sdd_synth_mc"]["n"] == 2
+
+
+def test_evaluate_lora_adapter_and_chat_template(tiny_models, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = tiny_models("llama", 2)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    assert ev.model_paths(adapter) == (Path(base), adapter)
+    r = ev.evaluate(adapter, ["sdd_synth_mc"], limit=2, apply_chat_template=True, out=tmp_path / "out")
+    assert r["adapter"] == str(adapter) and r["settings"]["apply_chat_template"] is True
+    assert r["settings"]["chat_template_sha"]  # the template that was used is recorded
+    plain = ev.evaluate(base, ["sdd_synth_mc"], limit=2, apply_chat_template=True)
+    # the random LoRA changes the model's log-likelihoods, hence a separate cache entry
+    assert plain["tasks"]["sdd_synth_mc"]["cached"] is False
+
+
+def test_cli_eval_baseline_and_errors(tiny_models, tmp_path, capsys):
+    from sdd_plugin.cli import main
+
+    model = str(tiny_models("llama", 2))
+    out = tmp_path / "cli"
+    argv = [
+        "eval",
+        "--model",
+        model,
+        "--tasks",
+        "sdd_synth_mc",
+        "--limit",
+        "2",
+        "--baseline",
+        model,
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    table = json.loads((out / "recovery.json").read_text())
+    row = table["models"][0]["tasks"]["sdd_synth_mc"]
+    assert row["score"] == row["baseline"]
+    assert (out / "recovery.png").is_file() and (out / "baseline" / "eval_results.json").is_file()
+    # --compare reads the runs back without evaluating
+    run = next(p for p in out.iterdir() if p.is_dir() and p.name != "baseline")
+    assert (
+        main(
+            [
+                "eval",
+                "--compare",
+                str(run),
+                "--baseline",
+                str(out / "baseline"),
+                "--out",
+                str(tmp_path / "cmp"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "cmp" / "recovery.md").is_file()
+    capsys.readouterr()
+    assert main(["eval", "--model", model, "--tasks", "sdd_bogus", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "sdd_bogus" in err and "sdd_arc_easy" in err
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                model,
+                "--tasks",
+                "sdd_arc_easy",
+                "--data-root",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# done-when: the default model vs its 6-block-pruned version (real weights, real data)
+# --------------------------------------------------------------------------------------------
+
+LIMIT = 100
+
+
+@pytest.mark.slow
+def test_pruned_default_model_scores_lower(default_model, shared_data, tmp_path_factory):
+    from sdd_plugin.pruning import prune
+
+    out = tmp_path_factory.mktemp("eval-slow")
+    pruned = prune(model=str(default_model), num_blocks=6, out=out / "pruned6").out_dir
+    tasks = ["sdd_arc_easy", "sdd_hellaswag"]
+    kw = dict(limit=LIMIT, num_fewshot=0, batch_size=16, data_root=shared_data)
+    base = ev.evaluate(default_model, tasks, out=out / "base", **kw)
+    cut = ev.evaluate(pruned, tasks, out=out / "pruned", **kw)
+    for t in tasks:
+        b = base["tasks"][t]
+        assert b["n"] == LIMIT and b["chance"] == pytest.approx(0.25, abs=0.01)
+        # well above chance: > chance + 2 standard errors
+        assert b["value"] > b["chance"] + 2 * b["stderr"], (t, b["value"], b["stderr"])
+    table = ev.recovery_table(cut, base)
+    avg = table["models"][0]["average"]
+    assert avg["score"] < avg["baseline"], table
+    assert avg["recovery"] < 1.0 and avg["above_chance_recovery"] < 1.0
+    ev.write_recovery(table, out)
+    assert (out / "recovery.png").is_file()
