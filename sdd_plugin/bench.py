@@ -273,7 +273,9 @@ def training_rows(ts: TrainSet, data_root: Path | None) -> list[dict]:
         {
             "messages": [
                 {"role": "user", "content": ex.instruction},
-                {"role": "assistant", "content": ex.response},
+                # prompt_reference = the original with GSM8K <<calc>> annotations stripped; SFT
+                # and SDD (whose fallback is this same text) see the same cleaned originals.
+                {"role": "assistant", "content": ex.prompt_reference},
             ]
         }
         for ex in examples
