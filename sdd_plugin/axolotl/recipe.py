@@ -1,0 +1,346 @@
+"""Recipe helpers shared by the Axolotl plugin and ``sdd check`` (no axolotl import here).
+
+- :func:`load_recipe` reads a recipe YAML;
+- :func:`resolve_data_uri` turns ``sdd://wordproblems?n=64`` dataset paths into a local jsonl of
+  the embedded word problems, in the layout the entry's axolotl ``type`` expects;
+- :func:`dataset_format` maps an axolotl dataset entry to a :mod:`sdd_plugin.formats` format;
+- :func:`distilled_path` names the content-hashed file a dataset entry is distilled into;
+- :func:`plan` says what the plugin would do with a recipe (for ``sdd check``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlparse
+
+from ..cache import cache_dir, file_hash, stable_hash
+from .args import SDDArgs, parse_sdd_args
+
+#: The dotted path a recipe lists under ``plugins:``.
+PLUGIN_PATH = "sdd_plugin.axolotl.SelfDistillationPlugin"
+#: Scheme of embedded-data dataset paths.
+DATA_SCHEME = "sdd://"
+#: Embedded data sets reachable through ``sdd://NAME?...``.
+DATA_SETS = ("wordproblems",)
+#: Axolotl chat-template options that change which field holds the turns; not supported here.
+_CHAT_LAYOUT_KEYS = (
+    "field_messages",
+    "message_property_mappings",
+    "message_field_role",
+    "message_field_content",
+)
+_CALC_RE = re.compile(r"<<[^<>]*>>")
+
+
+def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a recipe YAML into a dict (FileNotFoundError / ValueError naming the file)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
+def is_data_uri(path: Any) -> bool:
+    """True for ``sdd://...`` dataset paths."""
+    return isinstance(path, str) and path.startswith(DATA_SCHEME)
+
+
+def _layout_for_type(axolotl_type: Any) -> str:
+    t = axolotl_type if isinstance(axolotl_type, str) else ""
+    if t.startswith(("chat_template", "messages")):
+        return "messages"
+    if t.startswith("alpaca"):
+        return "alpaca"
+    return "gsm8k"
+
+
+def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
+    """Write the embedded data named by ``uri`` to a jsonl in the cache and return its path.
+
+    ``sdd://wordproblems?n=64&seed=0&split=train[&format=messages|alpaca|gsm8k]``: ``n`` generated
+    GSM8K-style word problems (:func:`sdd_plugin.synthetic.word_problems`). Without ``format`` the
+    layout follows the axolotl ``type``: ``chat_template`` -> ``messages`` (user question,
+    assistant worked solution ending ``#### n``), ``alpaca*`` -> instruction/input/output, else the
+    GSM8K schema (question/answer). The file name hashes the parameters, so it is stable.
+    """
+    parsed = urlparse(uri)
+    name = parsed.netloc or parsed.path.lstrip("/")
+    if name not in DATA_SETS:
+        raise ValueError(
+            f"dataset path {uri!r}: unknown embedded data set {name!r}; known: {', '.join(DATA_SETS)}"
+        )
+    params = dict(parse_qsl(parsed.query, keep_blank_values=True))
+    unknown = set(params) - {"n", "seed", "split", "format"}
+    if unknown:
+        raise ValueError(
+            f"dataset path {uri!r}: unknown parameter(s) {sorted(unknown)}; use n, seed, split, format"
+        )
+    try:
+        n = int(params.get("n", 64))
+        seed = int(params.get("seed", 0))
+    except ValueError as exc:
+        raise ValueError(f"dataset path {uri!r}: n and seed must be integers") from exc
+    if n <= 0:
+        raise ValueError(f"dataset path {uri!r}: n must be positive")
+    split = params.get("split", "train")
+    if split not in ("train", "test"):
+        raise ValueError(f"dataset path {uri!r}: split must be train or test, got {split!r}")
+    layout = params.get("format") or _layout_for_type(axolotl_type)
+    if layout not in ("messages", "alpaca", "gsm8k"):
+        raise ValueError(f"dataset path {uri!r}: format must be messages, alpaca or gsm8k, got {layout!r}")
+
+    key = {"set": name, "n": n, "seed": seed, "split": split, "layout": layout, "version": 1}
+    out = cache_dir() / "axolotl-data" / f"{name}-{split}-n{n}-s{seed}-{layout}-{stable_hash(key, 10)}.jsonl"
+    if out.is_file():
+        return out
+    from ..synthetic import word_problems, write_jsonl
+
+    rows = []
+    for r in word_problems(n, seed=seed, split=split):
+        if layout == "messages":
+            answer = _CALC_RE.sub("", r["answer"])
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": r["question"]},
+                        {"role": "assistant", "content": answer},
+                    ]
+                }
+            )
+        elif layout == "alpaca":
+            rows.append({"instruction": r["question"], "input": "", "output": _CALC_RE.sub("", r["answer"])})
+        else:
+            rows.append(r)
+    return write_jsonl(rows, out)
+
+
+def dataset_format(entry: Mapping[str, Any], index: int) -> str:
+    """The :mod:`sdd_plugin.formats` format of an axolotl dataset entry (ValueError naming it)."""
+    from ..formats import format_for_axolotl_type
+
+    where = f"datasets[{index}] ({entry.get('path')!r})"
+    try:
+        fmt = format_for_axolotl_type(entry.get("type"))
+    except ValueError as exc:
+        raise ValueError(
+            f"{where}: {exc}; set sdd_distill: false to train on it without distillation"
+        ) from exc
+    if fmt == "messages":
+        custom = [k for k in _CHAT_LAYOUT_KEYS if entry.get(k) not in (None, {}, "messages")]
+        if custom:
+            raise ValueError(
+                f"{where}: self-distillation reads chat rows from 'messages' with role/content; "
+                f"{', '.join(custom)} is not supported (convert the data or set sdd_distill: false)"
+            )
+    return fmt
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or Path(path).suffix.lower() in {
+        ".json",
+        ".jsonl",
+        ".gz",
+        ".parquet",
+        ".csv",
+        ".arrow",
+    }
+
+
+def dataset_identity(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies a dataset entry's content: a local file's hash, else hub id + name/split/revision."""
+    path = str(entry.get("path"))
+    ident: dict[str, Any] = {
+        k: entry.get(k) for k in ("path", "name", "split", "data_files", "revision", "type") if entry.get(k)
+    }
+    local = Path(path).expanduser()
+    if local.is_file():
+        ident["sha256"] = file_hash(local)
+    elif local.is_dir():
+        ident["files"] = {
+            str(p.relative_to(local)): [p.stat().st_size, int(p.stat().st_mtime)]
+            for p in sorted(local.rglob("*"))
+            if p.is_file()
+        }
+    return ident
+
+
+def distilled_path(
+    entry: Mapping[str, Any], teacher: str, fmt: str, args: SDDArgs, root: Path | None = None
+) -> Path:
+    """Content-hashed ``.../<name>-<format>-<hash>/distilled.jsonl`` for the distilled copy of
+    ``entry`` (axolotl's prepared-dataset cache is keyed on the dataset path, so a new teacher,
+    template, setting or data content must give a new path). Reports are written beside it."""
+    key = {
+        "version": 1,
+        "data": dataset_identity(entry),
+        "format": fmt,
+        "teacher": _model_identity(teacher),
+        "template": args.sdd_distill_template,
+        "checker": args.sdd_distill_checker,
+        "backend": args.sdd_distill_backend,
+        "settings": generation_settings_dict(args),
+        "limit": args.sdd_distill_limit,
+    }
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(entry.get("path"))).name.split(".")[0])[:40] or "data"
+    folder = (root or cache_dir() / "axolotl-distilled") / f"{stem}-{fmt}-{stable_hash(key)}"
+    return folder / "distilled.jsonl"
+
+
+def _model_identity(model: str) -> dict[str, Any]:
+    path = Path(model)
+    ident: dict[str, Any] = {"model": str(model)}
+    if (path / "config.json").is_file():
+        ident["config"] = file_hash(path / "config.json")
+        ident["weights"] = {
+            p.name: [p.stat().st_size, int(p.stat().st_mtime)] for p in sorted(path.glob("*.safetensors"))
+        }
+    return ident
+
+
+def generation_settings_dict(args: SDDArgs) -> dict[str, Any]:
+    """The teacher generation settings of a recipe (keys of :class:`GenerationSettings`)."""
+    return {
+        "max_new_tokens": args.sdd_distill_max_new_tokens,
+        "batch_size": args.sdd_distill_batch_size,
+        "do_sample": args.sdd_distill_do_sample,
+        "temperature": args.sdd_distill_temperature,
+        "top_p": args.sdd_distill_top_p,
+        "seed": args.sdd_distill_seed,
+    }
+
+
+def num_layers(model_dir: str | os.PathLike) -> int | None:
+    """``num_hidden_layers`` from a model folder's config.json (no weights load), or None."""
+    cfg_path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    for c in (cfg, cfg.get("text_config") or {}):
+        if isinstance(c.get("num_hidden_layers"), int):
+            return int(c["num_hidden_layers"])
+    return None
+
+
+def check_prune_range(args: SDDArgs, layers: int | None) -> None:
+    """Raise a ValueError naming the key when the pruning settings do not fit a model of ``layers`` blocks."""
+    if not args.sdd_prune or layers is None:
+        return
+    n = args.sdd_prune_num_blocks
+    if n >= layers:
+        raise ValueError(f"sdd_prune_num_blocks: {n} must be smaller than the model's {layers} blocks")
+    if args.sdd_prune_start is not None and args.sdd_prune_start + n > layers:
+        raise ValueError(
+            f"sdd_prune_start: {args.sdd_prune_start} + sdd_prune_num_blocks {n} exceeds the model's {layers} "
+            f"blocks (need sdd_prune_start <= {layers - n})"
+        )
+
+
+@contextmanager
+def file_lock(name: str) -> Iterator[None]:
+    """An exclusive inter-process lock (so several ranks prune/distil once, the rest reuse)."""
+    lock_dir = cache_dir() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:120]}.lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
+    """What the plugin would do with a raw recipe, without loading weights.
+
+    Returns ``{"args", "base_model", "base_model_path", "layers", "prune", "teacher", "datasets",
+    "problems", "warnings"}``; problems are strings (an empty list = the recipe is fine).
+    """
+    problems: list[str] = []
+    warnings: list[str] = []
+    out: dict[str, Any] = {"problems": problems, "warnings": warnings, "datasets": []}
+    try:
+        args = parse_sdd_args(raw)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return out
+    out["args"] = args
+    base = raw.get("base_model")
+    out["base_model"] = base
+    if not base:
+        problems.append("base_model: missing")
+        return out
+    base_path: Path | None = None
+    if resolve:
+        from ..models import resolve_model
+
+        try:
+            base_path = resolve_model(base)
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(f"base_model: {exc}")
+    out["base_model_path"] = str(base_path) if base_path else None
+    layers = num_layers(base_path) if base_path else None
+    out["layers"] = layers
+    if args.sdd_prune:
+        try:
+            check_prune_range(args, layers)
+        except ValueError as exc:
+            problems.append(str(exc))
+        where = (
+            f"blocks {args.sdd_prune_start}..{args.sdd_prune_start + args.sdd_prune_num_blocks - 1} (sdd_prune_start)"
+            if args.sdd_prune_start is not None
+            else f"the {args.sdd_prune_num_blocks} contiguous blocks with the lowest {args.sdd_prune_metric} distance"
+        )
+        after = f" -> {layers - args.sdd_prune_num_blocks}" if layers else ""
+        out["prune"] = f"remove {where}; blocks {layers or '?'}{after}"
+    else:
+        out["prune"] = "off (train the unpruned model)"
+    teacher = args.sdd_teacher or (str(base_path) if base_path else base)
+    out["teacher"] = f"{teacher} (unpruned base_model)" if not args.sdd_teacher else teacher
+    datasets = raw.get("datasets") or []
+    if not isinstance(datasets, list) or not datasets:
+        problems.append("datasets: the recipe lists no datasets")
+        datasets = []
+    for i, entry in enumerate(datasets):
+        if not isinstance(entry, dict) or not entry.get("path"):
+            problems.append(f"datasets[{i}]: needs a path")
+            continue
+        info: dict[str, Any] = {"index": i, "path": entry.get("path"), "type": entry.get("type")}
+        path = str(entry["path"])
+        if is_data_uri(path):
+            try:
+                info["resolved"] = str(resolve_data_uri(path, entry.get("type"))) if resolve else None
+            except ValueError as exc:
+                problems.append(str(exc))
+        elif _looks_local(path) and not Path(path).expanduser().exists():
+            problems.append(f"datasets[{i}]: data file {path} does not exist")
+        if args.sdd_distill:
+            try:
+                info["format"] = dataset_format(entry, i)
+            except ValueError as exc:
+                problems.append(str(exc))
+        out["datasets"].append(info)
+    if args.sdd_distill and args.sdd_distill_limit:
+        warnings.append(
+            f"sdd_distill_limit={args.sdd_distill_limit}: only that many rows per dataset are trained on"
+        )
+    return out
