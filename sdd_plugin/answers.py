@@ -105,6 +105,10 @@ def _canonical(value: Fraction) -> str:
 
 def normalize_answer(text: str) -> str:
     """Canonical form of a final answer: a normalised number when it is one, else squashed text."""
+    text = text or ""
+    boxed = _boxed_contents(text)
+    if boxed and text.strip().startswith(("\\boxed", "$\\boxed", "\\fbox")):
+        text = boxed[0][1]
     num = normalize_number(text)
     if num is not None:
         return num

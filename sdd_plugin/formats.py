@@ -68,6 +68,8 @@ def _text(row: dict, key: str, *, optional: bool = False) -> str:
         if optional:
             return ""
         raise RowError(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. a CSV column of numbers read as ints
     if not isinstance(value, str):
         raise RowError(f"{key} (expected a string, got {type(value).__name__})")
     return value

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir", default=None, help="cache root (default $SDD_CACHE_DIR or ~/.cache/sdd-plugin)"
     )
+    parser.add_argument(
+        "--allow-truncated", action="store_true", help="accept rewrites cut off at --max-new-tokens"
+    )
     parser.add_argument("--no-nll", action="store_true", help="skip the NLL distribution-shift meter")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         measure_nll=not args.no_nll,
         show_progress=not args.no_progress,
+        allow_truncated=args.allow_truncated,
     )
     r = result.report
     keys = (
