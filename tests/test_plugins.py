@@ -19,3 +19,46 @@ def test_unknown_name_lists_known_ones():
     with pytest.raises(plugins.UnknownPluginError) as err:
         plugins.get("metric", "no-such-metric")
     assert "no-such-metric" in str(err.value) and "angular" in str(err.value)
+
+
+def test_outside_metric_registered_at_run_time_is_selectable_by_name(tiny_models):
+    """A metric object registered at run time is selectable by name in score_blocks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sdd_plugin import contiguous_argmin, hookimpl
+    from sdd_plugin.models import load_tokenizer
+    from sdd_plugin.scoring import score_blocks
+
+    path = tiny_models("llama", 6)
+    model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(path)
+    texts = ["The quick brown fox jumps over the lazy dog.", "Bees tell each other where flowers are."]
+
+    class L2:
+        name = "test-l2"
+        description = "relative L2 change"
+        default_tokens = "last"
+
+        def pair_sums(self, states, mask):
+            x = states[:, :, 0]  # [L+1, B, H] (last-token mode)
+            d = torch.cdist(x.transpose(0, 1), x.transpose(0, 1))  # [B, L+1, L+1]
+            return (d / x.norm(dim=-1).T[:, :, None]).sum(0)
+
+        def select(self, table, n):
+            return contiguous_argmin(table, n)
+
+    class Plugin:
+        @hookimpl
+        def sdd_block_metrics(self):
+            return [L2()]
+
+    plugin = Plugin()
+    pm = plugins.get_plugin_manager()
+    pm.register(plugin, name="test-l2-plugin")
+    try:
+        assert "test-l2" in plugins.available("metric")
+        res = score_blocks(model, tok, texts, metric="test-l2", progress=False)
+        assert res.metric == "test-l2" and res.table[0, 1] > 0 and len(res.removed(2)) == 2
+    finally:
+        pm.unregister(plugin)
+    assert "test-l2" not in plugins.available("metric")

@@ -32,8 +32,8 @@ def contiguous_argmin(table: torch.Tensor, n: int) -> list[int]:
 
 def _cosines(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-sample, token-averaged pairwise cosine ``[B, L+1, L+1]`` of the states ``[L+1, B, T, H]``."""
-    x = torch.nn.functional.normalize(states.to(torch.float32), dim=-1, eps=1e-12)
-    m = mask.to(torch.float32)  # [B, T]
+    x = torch.nn.functional.normalize(states.to(torch.float64), dim=-1, eps=1e-12)
+    m = mask.to(torch.float64)  # [B, T]
     counts = m.sum(dim=1).clamp_min(1.0)  # [B]
     # Gram over layers for every token, summed over masked tokens: [B, L+1, L+1]
     cos = torch.einsum("ibth,jbth,bt->bij", x, x, m)
@@ -41,8 +41,8 @@ def _cosines(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _angular_from_states(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    x = torch.nn.functional.normalize(states.to(torch.float32), dim=-1, eps=1e-12)
-    m = mask.to(torch.float32)
+    x = torch.nn.functional.normalize(states.to(torch.float64), dim=-1, eps=1e-12)
+    m = mask.to(torch.float64)
     counts = m.sum(dim=1).clamp_min(1.0)
     cos = torch.einsum("ibth,jbth->btij", x, x).clamp(-1.0, 1.0)  # [B, T, L+1, L+1]
     dist = torch.arccos(cos) / math.pi
@@ -62,7 +62,7 @@ class AngularDistance:
         if states.shape[2] == 1:
             return _angular_from_states(states, mask)
         # chunk over tokens so [B, T, L+1, L+1] stays small in "all" mode
-        out = torch.zeros(states.shape[0], states.shape[0], dtype=torch.float32)
+        out = torch.zeros(states.shape[0], states.shape[0], dtype=torch.float64)
         batch = states.shape[1]
         for b in range(batch):
             out += _angular_from_states(states[:, b : b + 1], mask[b : b + 1])
