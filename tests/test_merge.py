@@ -21,7 +21,9 @@ def cache(tmp_path_factory):
     from sdd_plugin.cache import cache_dir
 
     root = tmp_path_factory.mktemp("sdd-cache")
-    (root / "models").symlink_to(cache_dir() / "models", target_is_directory=True)  # the converted default model
+    (root / "models").symlink_to(
+        cache_dir() / "models", target_is_directory=True
+    )  # the converted default model
     old = os.environ.get("SDD_CACHE_DIR")
     os.environ["SDD_CACHE_DIR"] = str(root)
     yield root
@@ -89,7 +91,14 @@ def _generates(folder: Path) -> str:
 def test_slerp_merges_two_lora_finetunes_of_the_pruned_model(pruned_and_adapters):
     root, pruned, a, b = pruned_and_adapters
     out = merge_models([a, b], method="slerp", out=root / "slerp", t=0.5)
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "mergekit.yaml", "sdd_merge.json", "README.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "mergekit.yaml",
+        "sdd_merge.json",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     record = json.loads((out / "sdd_merge.json").read_text())
     assert record["method"] == "slerp" and record["params"] == {"t": 0.5}
@@ -103,6 +112,7 @@ def test_slerp_merges_two_lora_finetunes_of_the_pruned_model(pruned_and_adapters
     merged = load_file(out / "model.safetensors")[TENSOR]
     assert not torch.allclose(wa, wb)
     assert not torch.allclose(merged, wa) and not torch.allclose(merged, wb)
+
     # SLERP treats each tensor as one vector: the merged tensor lies on the arc between the two
     # fine-tuned tensors (a positive combination: the two angles add up to the angle between them)
     def angle(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -114,7 +124,9 @@ def test_slerp_merges_two_lora_finetunes_of_the_pruned_model(pruned_and_adapters
     assert ma + mb == pytest.approx(ab, rel=1e-4)
     assert 0.4 * ab < ma < 0.6 * ab and 0.4 * ab < mb < 0.6 * ab
     # the closed form sin((1-t)θ)/sinθ·a + sin(tθ)/sinθ·b, which is NOT the plain average
-    coef = torch.sin(torch.tensor(ab / 2, dtype=torch.float64)) / torch.sin(torch.tensor(ab, dtype=torch.float64))
+    coef = torch.sin(torch.tensor(ab / 2, dtype=torch.float64)) / torch.sin(
+        torch.tensor(ab, dtype=torch.float64)
+    )
     torch.testing.assert_close(merged.double(), coef * (wa.double() + wb.double()), atol=1e-6, rtol=1e-5)
     assert (merged - (wa + wb) / 2).abs().max() > 1e-4
 
