@@ -137,8 +137,12 @@ def test_slerp_merges_two_lora_finetunes_of_the_pruned_model(pruned_and_adapters
 
 
 def test_ties_merge_infers_base_and_elects_signs(pruned_and_adapters):
+    from sdd_plugin.cli import main
+
     root, pruned, a, b = pruned_and_adapters
-    out = merge_models([a, b], method="ties", out=root / "ties", densities=1.0, weights=[1.0, 1.0])
+    out = root / "ties"
+    args = ["merge", str(a), str(b), "--method", "ties", "--densities", "1.0", "--weights", "1", "1"]
+    assert main(args + ["--out", str(out)]) == 0
     record = json.loads((out / "sdd_merge.json").read_text())
     assert Path(record["base_model"]).resolve() == pruned.resolve()
     assert "ties" in (out / "mergekit.yaml").read_text()
