@@ -455,6 +455,7 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
     x = range(len(rows))
     ax2.bar([i - 0.2 for i in x], [r["time_target_s"] for r in rows], width=0.4, label="target alone")
     ax2.bar([i + 0.2 for i in x], [r["time_assisted_s"] for r in rows], width=0.4, label="with draft")
+    ax2.set_xticks(list(x), [str(i + 1) for i in x])
     ax2.set_xlabel("prompt")
     ax2.set_ylabel("seconds")
     ax2.set_title(f"speedup {s['speedup'] or 0:.2f}x (noisy on shared CPUs)")
