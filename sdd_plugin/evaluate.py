@@ -991,7 +991,7 @@ def plot_recovery(table: dict, path: str | os.PathLike) -> Path:
     x = np.arange(len(tasks))
     k = len(models) + 1
     w = 0.8 / k
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 1.6 * len(tasks) + 2), 7.5), sharex=True)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 1.6 * len(tasks) + 2) + 3.5, 7.5), sharex=True)
 
     def get(m: dict, t: str, key: str) -> float:
         r = m["average"] if t == "average" else m["tasks"].get(t, {})
@@ -1001,30 +1001,45 @@ def plot_recovery(table: dict, path: str | os.PathLike) -> Path:
     base_vals = [100 * get(models[0], t, "baseline") for t in tasks] if models else []
     ax1.bar(x - 0.4 + w / 2, base_vals, w, label=f"baseline: {table['baseline']}", color="0.55")
     for i, m in enumerate(models, 1):
-        ax1.bar(x - 0.4 + w / 2 + i * w, [100 * get(m, t, "score") for t in tasks], w, label=m["model"])
+        ax1.bar(
+            x - 0.4 + w / 2 + i * w,
+            [100 * get(m, t, "score") for t in tasks],
+            w,
+            label=m["model"],
+            color=f"C{i - 1}",
+        )
     if models:
         chance = [100 * get(models[0], t, "chance") for t in tasks]
         ax1.hlines(chance, x - 0.42, x + 0.42, colors="k", linestyles="dashed", linewidth=1, label="chance")
     ax1.set_ylabel("score (%)")
     ax1.set_title("Scores per task")
-    ax1.legend(fontsize=8, loc="best")
+    ax1.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     w2 = 0.8 / max(1, 2 * len(models))
     for i, m in enumerate(models):
         off = x - 0.4 + w2 / 2 + 2 * i * w2
-        ax2.bar(off, [100 * get(m, t, "recovery") for t in tasks], w2, label=f"{m['model']} (plain)")
-        ax2.bar(
+        bars = ax2.bar(
+            off,
+            [100 * get(m, t, "recovery") for t in tasks],
+            w2,
+            label=f"{m['model']} (plain)",
+            color=f"C{i}",
+        )
+        ax2.bar_label(bars, fmt="%.0f", fontsize=7)
+        bars = ax2.bar(
             off + w2,
             [100 * get(m, t, "above_chance_recovery") for t in tasks],
             w2,
             hatch="//",
-            alpha=0.6,
+            color=f"C{i}",
+            alpha=0.45,
             label=f"{m['model']} (above chance)",
         )
+        ax2.bar_label(bars, fmt="%.0f", fontsize=7)
     ax2.axhline(100, color="k", linewidth=0.8)
     ax2.set_ylabel("recovery (%)")
     ax2.set_title(f"Recovery vs {table['baseline']}")
     ax2.set_xticks(x, tasks, rotation=20, ha="right")
-    ax2.legend(fontsize=8, loc="best")
+    ax2.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -220,9 +220,9 @@ def test_evaluate_lora_adapter_and_chat_template(tiny_models, tmp_path):
     r = ev.evaluate(adapter, ["sdd_synth_mc"], limit=2, apply_chat_template=True, out=tmp_path / "out")
     assert r["adapter"] == str(adapter) and r["settings"]["apply_chat_template"] is True
     assert r["settings"]["chat_template_sha"]  # the template that was used is recorded
-    plain = ev.evaluate(base, ["sdd_synth_mc"], limit=2, apply_chat_template=True)
-    # the random LoRA changes the model's log-likelihoods, hence a separate cache entry
-    assert plain["tasks"]["sdd_synth_mc"]["cached"] is False
+    # the adapter is part of the cache identity: base and base+LoRA never share results
+    assert ev.model_identity(adapter) != ev.model_identity(base)
+    assert ev.model_identity(adapter)["adapter"]["files"]["adapter_model.safetensors"]
 
 
 def test_cli_eval_baseline_and_errors(tiny_models, tmp_path, capsys):
@@ -292,7 +292,10 @@ def test_cli_eval_baseline_and_errors(tiny_models, tmp_path, capsys):
 # done-when: the default model vs its 6-block-pruned version (real weights, real data)
 # --------------------------------------------------------------------------------------------
 
-LIMIT = 100
+#: items per task. Measured here (0-shot, first 60 docs): unpruned ARC-E acc 51.7%, HellaSwag acc_norm
+#: 45.0%; 6 blocks pruned: 25.0% / 35.0% (at 150 docs: 51.3/48.0 vs 32.0/35.3). The outcome is
+#: deterministic for fixed docs; the margins are >= 7 points so a few near-tie flips cannot change it.
+LIMIT = 60
 
 
 @pytest.mark.slow
@@ -300,19 +303,21 @@ def test_pruned_default_model_scores_lower(default_model, shared_data, tmp_path_
     from sdd_plugin.pruning import prune
 
     out = tmp_path_factory.mktemp("eval-slow")
-    pruned = prune(model=str(default_model), num_blocks=6, out=out / "pruned6").out_dir
+    # out=None: a content-addressed folder in the cache, shared with other tests using the defaults
+    pruned = prune(model="smollm2-135m-instruct", num_blocks=6).out_dir
     tasks = ["sdd_arc_easy", "sdd_hellaswag"]
     kw = dict(limit=LIMIT, num_fewshot=0, batch_size=16, data_root=shared_data)
     base = ev.evaluate(default_model, tasks, out=out / "base", **kw)
     cut = ev.evaluate(pruned, tasks, out=out / "pruned", **kw)
     for t in tasks:
-        b = base["tasks"][t]
-        assert b["n"] == LIMIT and b["chance"] == pytest.approx(0.25, abs=0.01)
-        # well above chance: > chance + 2 standard errors
+        b, c = base["tasks"][t], cut["tasks"][t]
+        assert b["n"] == c["n"] == LIMIT and b["chance"] == pytest.approx(0.25, abs=0.01)
+        # the unpruned model is well above chance: > chance + 2 standard errors
         assert b["value"] > b["chance"] + 2 * b["stderr"], (t, b["value"], b["stderr"])
+        assert c["value"] <= b["value"], (t, c["value"], b["value"])
     table = ev.recovery_table(cut, base)
     avg = table["models"][0]["average"]
-    assert avg["score"] < avg["baseline"], table
+    assert avg["score"] < avg["baseline"] - 0.05, table
     assert avg["recovery"] < 1.0 and avg["above_chance_recovery"] < 1.0
     ev.write_recovery(table, out)
     assert (out / "recovery.png").is_file()
