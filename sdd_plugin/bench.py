@@ -555,13 +555,14 @@ def run_recovery(
             def do_specdec(folder: Path, adapter: str = adapter) -> dict:
                 from .specdec import default_prompts, measure_specdec
 
-                return measure_specdec(
+                result = measure_specdec(
                     base_path,
                     adapter,
                     prompts=default_prompts()[: preset.specdec_prompts],
                     max_new_tokens=preset.specdec_max_new_tokens,
                     out=folder,
                 )
+                return result["summary"]
 
             specdec[label] = stages.run(f"specdec-{label}", sd_inputs, do_specdec)["summary"]
 
@@ -668,8 +669,8 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
         lines += ["## Speculative decoding (target: unpruned model)", "", "| draft | acceptance rate | tokens per target step | speedup | identical greedy outputs |", "|---|---|---|---|---|"]
         for label, s in results["specdec"].items():
             lines.append(
-                f"| {label} | {_pct(s.get('acceptance_rate'))} | {s.get('tokens_per_target_step', float('nan')):.2f} | "
-                f"{s.get('speedup', float('nan')):.2f}× | {s.get('all_identical')} |"
+                f"| {label} | {_pct(s.get('acceptance_rate'))} | {s.get('tokens_per_step') or float('nan'):.2f} | "
+                f"{s.get('speedup') or float('nan'):.2f}× | {s.get('all_identical')} |"
             )
         lines += ["", "Speedups are ratios of two timings in the same run on a shared 2-core CPU: noisy.", ""]
     lines += ["## Time per stage", "", "| stage | seconds | cached now |", "|---|---|---|"]
