@@ -137,6 +137,11 @@ def test_dataset_format_mapping():
     assert dataset_format({"path": "x.json", "type": "alpaca"}, 0) == "alpaca"
     with pytest.raises(ValueError, match=r"datasets\[2\].*completion.*sdd_distill: false"):
         dataset_format({"path": "x.jsonl", "type": "completion"}, 2)
+    normalized = {"role": "role", "content": "content"}  # what axolotl's config normalization adds
+    entry = {"path": "x", "type": "chat_template", "message_property_mappings": normalized}
+    assert dataset_format(entry, 0) == "messages"
+    with pytest.raises(ValueError, match="message_property_mappings"):
+        dataset_format({**entry, "message_property_mappings": {"role": "from", "content": "value"}}, 0)
     with pytest.raises(ValueError, match=r"datasets\[0\].*field_messages"):
         dataset_format({"path": "x.jsonl", "type": "chat_template", "field_messages": "conversation"}, 0)
 

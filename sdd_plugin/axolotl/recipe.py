@@ -140,7 +140,13 @@ def dataset_format(entry: Mapping[str, Any], index: int) -> str:
             f"{where}: {exc}; set sdd_distill: false to train on it without distillation"
         ) from exc
     if fmt == "messages":
-        custom = [k for k in _CHAT_LAYOUT_KEYS if entry.get(k) not in (None, {}, "messages")]
+        defaults = (None, {}, "messages", "role", "content")
+        custom = [k for k in _CHAT_LAYOUT_KEYS if entry.get(k) not in defaults]
+        mapping = entry.get("message_property_mappings") or {}
+        if isinstance(mapping, Mapping) and all(
+            k == v for k, v in mapping.items() if k in ("role", "content")
+        ):
+            custom = [k for k in custom if k != "message_property_mappings"]  # axolotl fills in the identity
         if custom:
             raise ValueError(
                 f"{where}: self-distillation reads chat rows from 'messages' with role/content; "

@@ -1,0 +1,160 @@
+"""End to end: the real ``axolotl train`` on recipes/smollm2-135m-sdd-gsm8k-cpu.yml (small limits).
+
+Checks that axolotl trains the *pruned* model (24 of 30 blocks) with a LoRA adapter, that the
+examples it tokenized are the teacher's accepted rewrites (not the originals), that a rerun
+reuses the pruned model and the distilled data, and that the SFT twin tokenizes the originals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SMALL = {
+    "max_steps": 2,
+    "micro_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "sequence_len": 384,
+    "sdd_prune_calibration_limit": 8,
+    "sdd_distill_max_new_tokens": 128,
+    "sdd_distill_batch_size": 8,
+    "sdd_distill_limit": 8,
+}
+DATA = "sdd://wordproblems?n=16&seed=0"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, default_model):
+    """A work folder with a private SDD cache (the converted default model is shared) and env."""
+    root = tmp_path_factory.mktemp("axolotl")
+    cache = root / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(default_model.parent, target_is_directory=True)
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # axolotl launches `accelerate`
+        AXOLOTL_DO_NOT_TRACK="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        SDD_CACHE_DIR=str(cache),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return root, env
+
+
+def _recipe(root: Path, name: str, src: str) -> Path:
+    raw = yaml.safe_load((REPO / "recipes" / src).read_text())
+    raw.update(SMALL, output_dir=str(root / name), dataset_prepared_path=str(root / f"prepared-{name}"))
+    raw["datasets"][0]["path"] = DATA
+    path = root / f"{name}.yml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _axolotl(command: str, recipe: Path, env: dict) -> str:
+    proc = subprocess.run(
+        [str(BIN / "axolotl"), command, str(recipe)],
+        cwd=recipe.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _trained_texts(prepared_root: Path, tokenizer_dir: str) -> list[str]:
+    """Decode the tokens axolotl trains on (labels != -100) from its prepared dataset."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    folders = [p for p in prepared_root.iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    ds = load_from_disk(str(folders[0]))
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return [tok.decode([t for t, lab in zip(r["input_ids"], r["labels"]) if lab != -100]) for r in ds]
+
+
+def _jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_sdd_recipe_trains_the_pruned_model_on_distilled_data_and_reuses_caches(workdir):
+    from sdd_plugin.axolotl.recipe import num_layers
+
+    root, env = workdir
+    recipe = _recipe(root, "sdd", "smollm2-135m-sdd-gsm8k-cpu.yml")
+    log = _axolotl("train", recipe, env)
+    out = root / "sdd"
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    manifest = json.loads((out / "sdd_run.json").read_text())
+    prune, distill = manifest["prune"], manifest["distill"]
+
+    # axolotl trained the pruned model; the teacher stayed the unpruned one
+    pruned = prune["model"]
+    assert prune["enabled"] and not prune["reused"] and len(prune["removed_blocks"]) == 6
+    assert num_layers(pruned) == 24 and num_layers(manifest["teacher"]) == 30
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 24
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == pruned
+    assert "training the pruned model (24 blocks" in log
+
+    # the examples axolotl tokenized are the distilled ones
+    (ds,) = distill["datasets"]
+    assert distill["enabled"] and not ds["reused"] and ds["format"] == "messages"
+    distilled = _jsonl(ds["path"])
+    original = _jsonl(ds["source"])
+    side = _jsonl(Path(ds["path"]).parent / "rows.jsonl")
+    assert len(distilled) == 8 and len(side) == 8  # sdd_distill_limit
+    accepted = [s["index"] for s in side if s["accepted"]]
+    assert accepted, "no teacher rewrite was accepted; nothing to check"
+    texts = _trained_texts(root / "prepared-sdd", pruned)
+    assert len(texts) == 8
+    for i in accepted:
+        new = distilled[i]["messages"][-1]["content"].strip()
+        old = original[i]["messages"][-1]["content"].strip()
+        assert new != old
+        assert any(new in t for t in texts), new
+        assert not any(old in t for t in texts), old
+    for s in side:  # rejected rewrites fell back to the original response
+        if not s["accepted"]:
+            old = original[s["index"]]["messages"][-1]["content"].strip()
+            assert any(old in t for t in texts)
+
+    # rerun: the pruned model and the distilled data come from the cache, untouched
+    weights = next(Path(pruned).glob("*.safetensors"))
+    stamps = (weights.stat().st_mtime_ns, Path(ds["path"]).stat().st_mtime_ns)
+    _axolotl("train", recipe, env)
+    again = json.loads((out / "sdd_run.json").read_text())
+    assert again["runs"] == 2
+    assert again["prune"]["reused"] is True and again["prune"]["model"] == pruned
+    assert [d["reused"] for d in again["distill"]["datasets"]] == [True]
+    assert again["distill"]["datasets"][0]["path"] == ds["path"]
+    assert (weights.stat().st_mtime_ns, Path(ds["path"]).stat().st_mtime_ns) == stamps
+
+
+def test_sft_twin_tokenizes_the_original_responses(workdir):
+    root, env = workdir
+    recipe = _recipe(root, "sft", "smollm2-135m-sft-gsm8k-cpu.yml")
+    _axolotl("preprocess", recipe, env)
+    manifest = json.loads((root / "sft" / "sdd_run.json").read_text())
+    assert manifest["distill"]["enabled"] is False and manifest["prune"]["enabled"] is True
+    (data,) = (root / "cache" / "axolotl-data").glob("wordproblems-train-n16-*-messages-*.jsonl")
+    original = _jsonl(data)
+    texts = _trained_texts(root / "prepared-sft", manifest["base_model"])
+    assert len(texts) == len(original) == 16  # no limit without distillation
+    for row in original:
+        assert any(row["messages"][-1]["content"].strip() in t for t in texts)
