@@ -105,7 +105,7 @@ def test_data_uri_layout_follows_the_axolotl_type(cache):
     assert "####" in turns[1]["content"] and "<<" not in turns[1]["content"]  # calculator notes stripped
     alpaca = resolve_data_uri("sdd://wordproblems?n=5&seed=1", "alpaca")
     assert set(json.loads(alpaca.read_text().splitlines()[0])) == {"instruction", "input", "output"}
-    raw = resolve_data_uri("sdd://wordproblems?n=5&seed=1&format=gsm8k", "chat_template")
+    raw = resolve_data_uri("sdd://wordproblems?n=5&seed=1&layout=gsm8k", "chat_template")
     assert set(json.loads(raw.read_text().splitlines()[0])) == {"question", "answer"}
     # same parameters -> same file; the question text matches across layouts
     assert resolve_data_uri("sdd://wordproblems?n=5&seed=1", "chat_template") == chat
@@ -116,17 +116,36 @@ def test_data_uri_layout_follows_the_axolotl_type(cache):
 @pytest.mark.parametrize(
     "uri,needle",
     [
-        ("sdd://poems?n=3", "unknown embedded data set 'poems'"),
+        ("sdd://poems?n=3", "unknown sdd:// data set 'poems'"),
         ("sdd://wordproblems?rows=3", "unknown parameter"),
-        ("sdd://wordproblems?n=zero", "n and seed must be integers"),
+        ("sdd://wordproblems?n=zero", "n must be an integer"),
         ("sdd://wordproblems?n=0", "n must be positive"),
         ("sdd://wordproblems?split=dev", "split must be train or test"),
-        ("sdd://wordproblems?format=csv", "format must be"),
+        ("sdd://wordproblems?layout=csv", "layout must be one of"),
+        ("sdd://convert?source=x.jsonl", "convert needs source=... and format=..."),
+        ("sdd://convert?source=x.jsonl&format=poetry", "unknown dataset format 'poetry'"),
+        ("sdd://convert?source=/no/such.jsonl&format=gsm8k", "does not exist"),
+        ("sdd://convert?source=x.jsonl&format=gsm8k&layout=gsm8k", "layout must be one of messages, alpaca"),
     ],
 )
 def test_bad_data_uri(cache, uri, needle):
-    with pytest.raises(ValueError, match=needle):
+    with pytest.raises((ValueError, FileNotFoundError), match=needle):
         resolve_data_uri(uri, "chat_template")
+
+
+def test_convert_uri_reads_gsm8k_and_dolly_files(cache, tmp_path, shared_data):
+    gsm = resolve_data_uri(
+        f"sdd://convert?source={shared_data}/gsm8k/train.jsonl&format=gsm8k&n=3", "chat_template"
+    )
+    rows = [json.loads(line) for line in gsm.read_text().splitlines()]
+    assert len(rows) == 3
+    user, assistant = rows[0]["messages"]
+    assert user["role"] == "user" and user["content"].startswith("Natalia sold clips")
+    assert assistant["content"].endswith("#### 72") and "<<" not in assistant["content"]
+    dolly = next((shared_data / "dolly").glob("*.jsonl.gz"))
+    out = resolve_data_uri(f"sdd://convert?source={dolly}&format=dolly&n=4", "alpaca")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and set(rows[0]) == {"instruction", "input", "output"} and rows[0]["output"]
 
 
 # ------------------------------------------------------------------------------ dataset formats

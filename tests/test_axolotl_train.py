@@ -21,14 +21,15 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SMALL = {
-    "max_steps": 2,
+    "max_steps": 1,
     "micro_batch_size": 2,
     "gradient_accumulation_steps": 1,
     "sequence_len": 384,
     "sdd_prune_calibration_limit": 8,
     "sdd_distill_max_new_tokens": 128,
     "sdd_distill_batch_size": 8,
-    "sdd_distill_limit": 8,
+    "sdd_distill_limit": 6,
+    "sdd_distill_measure_nll": False,
 }
 DATA = "sdd://wordproblems?n=16&seed=0"
 
@@ -118,11 +119,11 @@ def test_sdd_recipe_trains_the_pruned_model_on_distilled_data_and_reuses_caches(
     distilled = _jsonl(ds["path"])
     original = _jsonl(ds["source"])
     side = _jsonl(Path(ds["path"]).parent / "rows.jsonl")
-    assert len(distilled) == 8 and len(side) == 8  # sdd_distill_limit
+    assert len(distilled) == 6 and len(side) == 6  # sdd_distill_limit
     accepted = [s["index"] for s in side if s["accepted"]]
     assert accepted, "no teacher rewrite was accepted; nothing to check"
     texts = _trained_texts(root / "prepared-sdd", pruned)
-    assert len(texts) == 8
+    assert len(texts) == 6
     for i in accepted:
         new = distilled[i]["messages"][-1]["content"].strip()
         old = original[i]["messages"][-1]["content"].strip()

@@ -27,7 +27,7 @@ PLUGIN_PATH = "sdd_plugin.axolotl.SelfDistillationPlugin"
 #: Scheme of embedded-data dataset paths.
 DATA_SCHEME = "sdd://"
 #: Embedded data sets reachable through ``sdd://NAME?...``.
-DATA_SETS = ("wordproblems",)
+DATA_SETS = ("wordproblems", "convert")
 #: Axolotl chat-template options that change which field holds the turns; not supported here.
 _CHAT_LAYOUT_KEYS = (
     "field_messages",
@@ -68,63 +68,118 @@ def _layout_for_type(axolotl_type: Any) -> str:
     return "gsm8k"
 
 
-def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
-    """Write the embedded data named by ``uri`` to a jsonl in the cache and return its path.
+def _int_param(uri: str, params: dict[str, str], key: str, default: int | None) -> int | None:
+    if key not in params:
+        return default
+    try:
+        value = int(params[key])
+    except ValueError as exc:
+        raise ValueError(f"dataset path {uri!r}: {key} must be an integer, got {params[key]!r}") from exc
+    if key == "n" and value <= 0:
+        raise ValueError(f"dataset path {uri!r}: n must be positive")
+    return value
 
-    ``sdd://wordproblems?n=64&seed=0&split=train[&format=messages|alpaca|gsm8k]``: ``n`` generated
-    GSM8K-style word problems (:func:`sdd_plugin.synthetic.word_problems`). Without ``format`` the
-    layout follows the axolotl ``type``: ``chat_template`` -> ``messages`` (user question,
-    assistant worked solution ending ``#### n``), ``alpaca*`` -> instruction/input/output, else the
-    GSM8K schema (question/answer). The file name hashes the parameters, so it is stable.
+
+def _chat_row(instruction: str, response: str) -> dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]
+    }
+
+
+def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
+    """Write the data named by an ``sdd://`` dataset path to a jsonl in the cache; return its path.
+
+    - ``sdd://wordproblems?n=64&seed=0&split=train``: ``n`` generated GSM8K-style word problems
+      (:func:`sdd_plugin.synthetic.word_problems`), the embedded default data;
+    - ``sdd://convert?source=FILE_OR_HUB_ID&format=gsm8k|dolly|alpaca|...[&name=CONFIG][&split=train][&n=N]``:
+      rows of any :mod:`sdd_plugin.formats` format (e.g. GSM8K ``question``/``answer`` or Dolly),
+      converted so that axolotl's ``chat_template``/``alpaca`` types can read them.
+
+    The output ``layout`` (parameter, or else from the axolotl ``type``): ``chat_template`` ->
+    ``messages`` (user turn, assistant turn), ``alpaca*`` -> instruction/input/output, otherwise
+    the GSM8K schema (wordproblems only). GSM8K ``<<calc>>`` annotations are stripped from
+    responses; the ``#### n`` answer line stays. The file name hashes the inputs, so it is stable.
     """
     parsed = urlparse(uri)
     name = parsed.netloc or parsed.path.lstrip("/")
     if name not in DATA_SETS:
         raise ValueError(
-            f"dataset path {uri!r}: unknown embedded data set {name!r}; known: {', '.join(DATA_SETS)}"
+            f"dataset path {uri!r}: unknown sdd:// data set {name!r}; known: {', '.join(DATA_SETS)}"
         )
     params = dict(parse_qsl(parsed.query, keep_blank_values=True))
-    unknown = set(params) - {"n", "seed", "split", "format"}
+    allowed = {
+        "wordproblems": {"n", "seed", "split", "layout"},
+        "convert": {"source", "format", "name", "split", "n", "layout"},
+    }[name]
+    unknown = set(params) - allowed
     if unknown:
         raise ValueError(
-            f"dataset path {uri!r}: unknown parameter(s) {sorted(unknown)}; use n, seed, split, format"
+            f"dataset path {uri!r}: unknown parameter(s) {sorted(unknown)}; use {', '.join(sorted(allowed))}"
         )
-    try:
-        n = int(params.get("n", 64))
-        seed = int(params.get("seed", 0))
-    except ValueError as exc:
-        raise ValueError(f"dataset path {uri!r}: n and seed must be integers") from exc
-    if n <= 0:
-        raise ValueError(f"dataset path {uri!r}: n must be positive")
+    n = _int_param(uri, params, "n", 64 if name == "wordproblems" else None)
     split = params.get("split", "train")
-    if split not in ("train", "test"):
-        raise ValueError(f"dataset path {uri!r}: split must be train or test, got {split!r}")
-    layout = params.get("format") or _layout_for_type(axolotl_type)
-    if layout not in ("messages", "alpaca", "gsm8k"):
-        raise ValueError(f"dataset path {uri!r}: format must be messages, alpaca or gsm8k, got {layout!r}")
+    layout = params.get("layout") or _layout_for_type(axolotl_type)
+    layouts = ("messages", "alpaca", "gsm8k") if name == "wordproblems" else ("messages", "alpaca")
+    if layout not in layouts:
+        raise ValueError(f"dataset path {uri!r}: layout must be one of {', '.join(layouts)}, got {layout!r}")
 
-    key = {"set": name, "n": n, "seed": seed, "split": split, "layout": layout, "version": 1}
-    out = cache_dir() / "axolotl-data" / f"{name}-{split}-n{n}-s{seed}-{layout}-{stable_hash(key, 10)}.jsonl"
+    if name == "wordproblems":
+        seed = _int_param(uri, params, "seed", 0)
+        if split not in ("train", "test"):
+            raise ValueError(f"dataset path {uri!r}: split must be train or test, got {split!r}")
+        key: dict[str, Any] = {
+            "set": name,
+            "n": n,
+            "seed": seed,
+            "split": split,
+            "layout": layout,
+            "version": 1,
+        }
+        stem = f"{name}-{split}-n{n}-s{seed}-{layout}"
+    else:
+        source, fmt = params.get("source"), params.get("format")
+        if not source or not fmt:
+            raise ValueError(f"dataset path {uri!r}: convert needs source=... and format=...")
+        from ..formats import get_format
+
+        fmt = get_format(fmt).name  # ValueError listing the known formats
+        ident = dataset_identity({"path": source, "name": params.get("name"), "split": split})
+        key = {"set": name, "data": ident, "format": fmt, "n": n, "layout": layout, "version": 1}
+        stem = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(source).name.split('.')[0])[:40]}-{fmt}-{layout}"
+    out = cache_dir() / "axolotl-data" / f"{stem}-{stable_hash(key, 10)}.jsonl"
     if out.is_file():
         return out
     from ..synthetic import word_problems, write_jsonl
 
-    rows = []
-    for r in word_problems(n, seed=seed, split=split):
-        if layout == "messages":
+    rows: list[dict[str, Any]] = []
+    if name == "wordproblems":
+        for r in word_problems(n, seed=seed, split=split):
             answer = _CALC_RE.sub("", r["answer"])
-            rows.append(
-                {
-                    "messages": [
-                        {"role": "user", "content": r["question"]},
-                        {"role": "assistant", "content": answer},
-                    ]
-                }
-            )
-        elif layout == "alpaca":
-            rows.append({"instruction": r["question"], "input": "", "output": _CALC_RE.sub("", r["answer"])})
+            if layout == "messages":
+                rows.append(_chat_row(r["question"], answer))
+            elif layout == "alpaca":
+                rows.append({"instruction": r["question"], "input": "", "output": answer})
+            else:
+                rows.append(r)
+    else:
+        from ..formats import load_rows, read_examples
+
+        if params.get("name"):  # a hub data set with a config name, e.g. openai/gsm8k main
+            import datasets
+
+            try:
+                ds = datasets.load_dataset(source, params["name"], split=split)
+            except Exception as exc:
+                raise ValueError(f"dataset path {uri!r}: could not load {source!r}: {exc}") from exc
+            src_rows = ds.select(range(min(n, len(ds)))).to_list() if n else ds.to_list()
         else:
-            rows.append(r)
+            src_rows = load_rows(source, fmt, split=split, limit=n)
+        for ex in read_examples(src_rows, fmt, source):
+            response = _CALC_RE.sub("", ex.reference)
+            if layout == "messages":
+                rows.append({"messages": list(ex.messages) + [{"role": "assistant", "content": response}]})
+            else:
+                rows.append({"instruction": ex.instruction, "input": "", "output": response})
     return write_jsonl(rows, out)
 
 
