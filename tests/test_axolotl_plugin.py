@@ -297,6 +297,25 @@ def test_register_prunes_and_points_base_model_at_the_pruned_checkpoint(tiny_mod
     third.register(cfg3)
     assert third.prune_info["removed_blocks"] == [1, 2]
 
+    # merge-lora (or any run loading an adapter) uses the pruned model the adapter was trained on,
+    # even when today's settings would prune other blocks
+    adapter = cache.parent / "run"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(pruned)}))
+    merge = DictDefault(
+        _recipe(
+            base_model=base,
+            sdd_prune_num_blocks=2,
+            sdd_prune_start=0,
+            output_dir=str(adapter),
+            merge_lora=True,
+        )
+    )
+    merging = SelfDistillationPlugin()
+    merging.register(merge)
+    assert merge.base_model == str(pruned) and merging.prune_info["from_adapter"] == str(adapter)
+    assert merging.prune_info["removed_blocks"] == plugin.prune_info["removed_blocks"]
+
     # out of range for a 6-block model: named, before any weights load
     with pytest.raises(ValueError, match="sdd_prune_num_blocks: 6 must be smaller than the model's 6 blocks"):
         SelfDistillationPlugin().register(DictDefault(_recipe(base_model=base, sdd_prune_num_blocks=6)))

@@ -103,6 +103,25 @@ class SelfDistillationPlugin(BasePlugin):
             self.prune_info = {"enabled": False, "model": base_path}
             return
 
+        trained = _adapter_base(cfg)
+        if trained is not None:
+            # merge-lora / inference / resuming an adapter: use the pruned model it was trained on,
+            # even if today's settings or code would prune differently.
+            adapter_dir, folder, meta = trained
+            if Path(meta.get("source_path", base_path)).resolve() != Path(base_path).resolve():
+                log.warning(
+                    "sdd-plugin: the adapter in %s was trained on a model pruned from %s, not from base_model %s",
+                    adapter_dir,
+                    meta.get("source_path"),
+                    base_path,
+                )
+            self._set_pruned(cfg, base, base_path, str(folder), meta, reused=True, seconds=0.0)
+            self.prune_info["from_adapter"] = str(adapter_dir)
+            log.info(
+                "sdd-plugin: using the pruned model the adapter in %s was trained on: %s", adapter_dir, folder
+            )
+            return
+
         from ..pruning import prune
 
         kwargs: dict[str, Any] = {}
@@ -119,6 +138,16 @@ class SelfDistillationPlugin(BasePlugin):
                 **kwargs,
             )
         pruned = str(result.out_dir)
+        meta = {
+            "source_path": base_path,
+            "removed_blocks": list(result.removed_blocks),
+            "num_layers_before": result.num_layers_before,
+            "num_layers_after": result.num_layers_after,
+            "metric": result.metric,
+        }
+        self._set_pruned(
+            cfg, base, base_path, pruned, meta, reused=bool(result.reused), seconds=time.time() - t0
+        )
         log.info(
             "sdd-plugin: %s pruned model %s (removed blocks %s, %d -> %d blocks)",
             "reusing" if result.reused else "built",
@@ -127,6 +156,11 @@ class SelfDistillationPlugin(BasePlugin):
             result.num_layers_before,
             result.num_layers_after,
         )
+
+    def _set_pruned(
+        self, cfg: Any, base: Any, base_path: str, pruned: str, meta: dict, reused: bool, seconds: float
+    ) -> None:
+        """Point ``base_model`` (and configs that named the unpruned model) at ``pruned``."""
         for key in ("base_model_config", "tokenizer_config"):
             if cfg.get(key) in (base, base_path):
                 cfg[key] = pruned
@@ -134,14 +168,14 @@ class SelfDistillationPlugin(BasePlugin):
         cfg["sdd_pruned_from"] = base_path
         self.prune_info = {
             "enabled": True,
-            "reused": bool(result.reused),
-            "seconds": round(time.time() - t0, 2),
+            "reused": reused,
+            "seconds": round(seconds, 2),
             "source": base_path,
             "model": pruned,
-            "removed_blocks": list(result.removed_blocks),
-            "num_layers_before": result.num_layers_before,
-            "num_layers_after": result.num_layers_after,
-            "metric": result.metric,
+            "removed_blocks": list(meta.get("removed_blocks", [])),
+            "num_layers_before": meta.get("num_layers_before"),
+            "num_layers_after": meta.get("num_layers_after"),
+            "metric": meta.get("metric"),
         }
 
     # -------------------------------------------------------------------------- load_datasets
@@ -268,6 +302,21 @@ class SelfDistillationPlugin(BasePlugin):
             ],
         }
         write_json_atomic(path, manifest)
+
+
+def _adapter_base(cfg: Any) -> tuple[Path, Path, dict[str, Any]] | None:
+    """The pruned checkpoint an existing adapter of this recipe was trained on, if any.
+
+    The adapter is ``lora_model_dir`` when set, else ``output_dir`` when merging (``merge_lora``).
+    Returns ``(adapter_dir, pruned_folder, its sdd_prune.json)`` or None.
+    """
+    adapter_dir = cfg.get("lora_model_dir") or (cfg.get("output_dir") if cfg.get("merge_lora") else None)
+    if not adapter_dir:
+        return None
+    base = _read_json(Path(adapter_dir) / "adapter_config.json").get("base_model_name_or_path")
+    if not base or not (Path(base) / "sdd_prune.json").is_file():
+        return None
+    return Path(adapter_dir), Path(base), _read_json(Path(base) / "sdd_prune.json")
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
