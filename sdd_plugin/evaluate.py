@@ -444,12 +444,16 @@ def expand_tasks(tasks: str | Sequence[str] | None = None, preset: str | None = 
 
 
 def validate_tasks(tasks: Sequence[str], task_manager=None) -> None:
-    """Raise ValueError naming unknown tasks and listing the known ``sdd_*`` tasks and presets."""
+    """Raise ValueError naming unknown tasks and listing the known ``sdd_*`` tasks and presets.
+
+    Without ``task_manager`` only ``sdd_*`` names are checked (stock names need lm-eval's index).
+    """
     unknown = [t for t in tasks if t not in TASKS and not t.startswith("sdd_mmlu_")]
     if not unknown:
         return
-    stock = [t for t in unknown if not t.startswith("sdd_")]
-    if task_manager is not None and stock:
+    if task_manager is None:  # stock names are checked later against lm-eval's (slow) index
+        unknown = [t for t in unknown if t.startswith("sdd_")]
+    else:
         known = set(task_manager.all_tasks)
         unknown = [t for t in unknown if t.startswith("sdd_") or t not in known]
     if unknown:
@@ -772,7 +776,14 @@ def evaluate(
             tm = _task_manager(folder, stock=stock)
         if lm is None:
             lm = _load_lm(model, batch_size)
-        r = _eval_one(lm, task, tm, limit, shots, apply_chat_template, fewshot_as_multiturn, seed)
+        try:
+            r = _eval_one(lm, task, tm, limit, shots, apply_chat_template, fewshot_as_multiturn, seed)
+        except ConnectionError as exc:  # stock tasks fetch their data from the hub
+            local = f" (or the local sdd_{task})" if f"sdd_{task}" in TASKS else ""
+            raise FileNotFoundError(
+                f"task {task} needs its dataset from the Hugging Face hub, which is unreachable: {exc}; "
+                f"connect, or use a local task{local}"
+            ) from exc
         write_json_atomic(cache_file, r)
         r["cached"] = False
         results[task] = r

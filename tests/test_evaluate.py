@@ -20,6 +20,7 @@ def test_unknown_task_lists_known_ones():
         ev.validate_tasks(["sdd_arc_easy", "sdd_nope"])
     msg = str(err.value)
     assert "sdd_nope" in msg and "sdd_arc_easy" in msg and "sdd_hellaswag" in msg and "openllm" in msg
+    ev.validate_tasks(["arc_easy", "sdd_mmlu", "sdd_mmlu_anatomy"])  # stock names wait for lm-eval's index
 
 
 def test_expand_tasks_presets_and_dedup():
