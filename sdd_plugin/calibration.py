@@ -156,14 +156,20 @@ def builtin_texts(count: int = 256, seed: int = 0) -> list[str]:
     """
     rng = random.Random(seed)
     topics = list(_TOPICS)
-    out = []
+    cuts = random.Random(seed + 1)
+    out: list[str] = []
+
+    def add(text: str) -> None:
+        words = text.split(" ")
+        out.append(" ".join(words[: cuts.randint(max(4, len(words) // 3), len(words) - 1)]))
+
     for i in range(count):
         kind = i % 4
         p = rng.choice(_PEOPLE)
         if kind == 3:
             q, a = rng.choice(_QA)
             x, y = rng.randint(2, 99), rng.randint(2, 99)
-            out.append(
+            add(
                 f"Question: {q}\nAnswer: {a}\n\nQuestion: {p} has {x} apples and buys {y} more. "
                 f"How many apples does {p} have now?\nAnswer: {p} has {x} + {y} = {x + y} apples, "
                 f"because adding {y} to {x} gives {x + y}."
@@ -175,13 +181,8 @@ def builtin_texts(count: int = 256, seed: int = 0) -> list[str]:
             link = rng.choice(_LINKS).format(p=p)
             sents.append(f"{link} {fact[0].lower()}{fact[1:]}")
         sents.append(rng.choice(_CLOSERS).format(p=p, n=rng.randint(3, 40)))
-        out.append(" ".join(sents))
-    cut = []
-    for text in out:
-        words = text.split(" ")
-        keep = rng.randint(max(4, len(words) // 3), len(words) - 1)
-        cut.append(" ".join(words[:keep]))
-    return cut
+        add(" ".join(sents))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
