@@ -1,0 +1,159 @@
+"""Teacher-generation throughput of the distillation engine vs per-example ``model.generate``.
+
+One run, the same GSM8K distillation prompts (math template, teacher chat template) and the same
+``max_new_tokens`` for both:
+
+- speedup = engine tokens/s (the ``hf`` backend: length-sorted left-padded batches) divided by the
+  tokens/s of calling ``model.generate`` once per example (target >= 10);
+- efficiency = the engine's achieved GFLOP/s (2 x params x generated tokens / s) as a fraction of a
+  plain fp32 matmul's GFLOP/s measured in the same run (target >= 0.5). The same figure counting
+  the prompt tokens the engine also processed (prefill) is printed beside it.
+
+Usage::
+
+    OMP_NUM_THREADS=2 python benchmarks/distill_throughput.py --rows 64 --max-new-tokens 64 \\
+        [--baseline-rows 8] [--batch-size 32] [--json out.json]
+
+``--baseline-rows`` times the per-example baseline on the first N of the prompts only (it is slow);
+its tokens/s is a rate, so the ratio stays comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+
+def matmul_gflops(seconds: float = 2.0) -> float:
+    """Best fp32 GFLOP/s of square 1024 and MLP-shaped (1024x576 @ 576x1536) matmuls."""
+    import torch
+
+    best = 0.0
+    for m, k, n in ((1024, 1024, 1024), (1024, 576, 1536)):
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            a @ b
+            reps += 1
+        best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="GSM8K jsonl (local) or hub id")
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--baseline-rows", type=int, default=None, help="per-example baseline on the first N prompts"
+    )
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from sdd_plugin.builtins.backends import HF_BACKEND, stop_token_ids
+    from sdd_plugin.distill import render_prompt
+    from sdd_plugin.formats import load_rows, read_examples
+    from sdd_plugin.interfaces import GenerationSettings
+    from sdd_plugin.models import resolve_model
+    from sdd_plugin.plugins import get_template
+
+    rows = load_rows(args.data, "gsm8k", limit=args.rows)
+    examples = read_examples(rows, "gsm8k", args.data)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    path = str(resolve_model(args.model))
+    model, tok = HF_BACKEND.load(path, settings)
+    template = get_template("math")
+    prompts = [render_prompt(tok, *template.render(ex.instruction, ex.prompt_reference)) for ex in examples]
+    prompt_tokens = HF_BACKEND.prompt_lengths(tok, prompts)
+    params = sum(p.numel() for p in model.parameters())
+    threads = torch.get_num_threads()
+
+    mm_before = matmul_gflops()
+
+    # the engine
+    results = []
+    start = time.perf_counter()
+    HF_BACKEND.generate(path, prompts, settings, results.append, desc="engine")
+    engine_s = time.perf_counter() - start
+    engine_tokens = sum(r.num_tokens for r in results)
+
+    # per-example model.generate on (a prefix of) the same prompts
+    n_base = min(args.baseline_rows or len(prompts), len(prompts))
+    eos = stop_token_ids(tok, model.generation_config)
+    base_tokens, start = 0, time.perf_counter()
+    for prompt in tqdm(prompts[:n_base], desc="per-example", unit="row"):
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=tok.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        new = out[0, enc["input_ids"].shape[1] :].tolist()
+        stop = next((j for j, t in enumerate(new) if t in eos), None)
+        base_tokens += len(new) if stop is None else stop + 1
+    base_s = time.perf_counter() - start
+
+    mm_after = matmul_gflops()
+    matmul = max(mm_before, mm_after)
+    engine_tps = engine_tokens / engine_s
+    base_tps = base_tokens / base_s
+    gflops = 2 * params * engine_tps / 1e9
+    gflops_all = 2 * params * (engine_tokens + sum(prompt_tokens)) / engine_s / 1e9
+    res = {
+        "model": args.model,
+        "params": params,
+        "torch_threads": threads,
+        "rows": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "mean_prompt_tokens": round(sum(prompt_tokens) / len(prompt_tokens), 1),
+        "engine_tokens": engine_tokens,
+        "engine_seconds": round(engine_s, 2),
+        "engine_tokens_per_s": round(engine_tps, 2),
+        "baseline_rows": n_base,
+        "baseline_tokens": base_tokens,
+        "baseline_seconds": round(base_s, 2),
+        "baseline_tokens_per_s": round(base_tps, 2),
+        "speedup": round(engine_tps / base_tps, 2),
+        "matmul_gflops": round(matmul, 2),
+        "matmul_gflops_before_after": [round(mm_before, 2), round(mm_after, 2)],
+        "engine_gflops": round(gflops, 2),
+        "engine_fraction_of_matmul": round(gflops / matmul, 3),
+        "engine_gflops_incl_prefill": round(gflops_all, 2),
+        "engine_fraction_incl_prefill": round(gflops_all / matmul, 3),
+    }
+    print(json.dumps(res, indent=2))
+    print(
+        f"speedup vs per-example generate: {res['speedup']:.2f}x (target >= 10); "
+        f"engine {gflops:.1f} GFLOP/s = {res['engine_fraction_of_matmul']:.2f} of matmul {matmul:.1f} GFLOP/s "
+        f"(target >= 0.5; {res['engine_fraction_incl_prefill']:.2f} counting prefill tokens)"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
