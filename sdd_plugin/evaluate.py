@@ -340,9 +340,16 @@ def _source_stats(root: Path | None, spec: TaskSpec) -> list:
     return stats
 
 
+def _local_tasks(tasks: Sequence[str]) -> list[str]:
+    """The ``sdd_*`` entries of ``tasks`` (an ``sdd_mmlu_<subject>`` counts as ``sdd_mmlu``)."""
+    out = ["sdd_mmlu" if t.startswith("sdd_mmlu_") else t for t in tasks]
+    return list(dict.fromkeys(t for t in out if t in TASKS))
+
+
 def check_task_data(tasks: Sequence[str], data_root: str | os.PathLike | None = None) -> Path | None:
     """Validate that the local files of the ``sdd_*`` tasks exist; returns the data root (or None)."""
-    needs = [t for t in tasks if t in TASKS and TASKS[t].sources]
+    tasks = _local_tasks(tasks)
+    needs = [t for t in tasks if TASKS[t].sources]
     if not needs:
         return Path(resolve_data_root(data_root)) if data_root is not None else None
     root = resolve_data_root(data_root)
@@ -368,12 +375,12 @@ def prepare_tasks(tasks: Sequence[str], data_root: str | os.PathLike | None = No
     folder = cache_dir() / "lm_eval_tasks" / stable_hash({"root": str(root), "v": PREP_VERSION}, 12)
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
-    for t in tasks:
-        if t not in TASKS:
-            continue
+    for t in _local_tasks(tasks):
         spec = TASKS[t]
         stamp = data / f"{t}.stamp.json"
         want = {"v": PREP_VERSION, "sources": _source_stats(root, spec)}
+        if not spec.sources:  # embedded data: regenerate when the generator changes
+            want["generator"] = file_hash(_synthetic().__file__)
         if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == want:
             continue
         log.info("preparing data of %s into %s", t, data)
@@ -816,12 +823,11 @@ def _task_fingerprint(folder: Path, task: str) -> str:
     """Hash of the rendered YAML(s) and prepared data of a local task ("" for stock tasks)."""
     if not task.startswith("sdd_"):
         return ""
-    parts = []
-    name = "sdd_mmlu" if task.startswith("sdd_mmlu") else task
-    for y in sorted(folder.glob(f"{name}*.yaml")) + sorted((folder / "sdd_mmlu").glob("*.yaml")) * (
-        name == "sdd_mmlu"
-    ):
-        parts.append(file_hash(y))
+    if task.startswith("sdd_mmlu"):
+        name, yamls = "sdd_mmlu", sorted((folder / "sdd_mmlu").glob("*.yaml"))
+    else:
+        name, yamls = task, [folder / f"{task}.yaml"]
+    parts = [file_hash(y) for y in yamls if y.is_file()]
     stamp = folder / "data" / f"{name}.stamp.json"
     if stamp.is_file():
         parts.append(file_hash(stamp))

@@ -148,6 +148,7 @@ def test_prepare_tasks_renders_yaml_and_hf_schema(shared_data):
         len(tqa["mc2_targets"]["choices"]) == len(tqa["mc2_targets"]["labels"])
         and 1 in tqa["mc2_targets"]["labels"]
     )
+    assert ev.check_task_data(["sdd_mmlu_anatomy"], shared_data) == shared_data.resolve()
     mmlu = sorted((folder / "sdd_mmlu").glob("sdd_mmlu_*.yaml"))
     assert len(mmlu) == 57
     row = json.loads((data / "mmlu" / "abstract_algebra.test.jsonl").read_text().splitlines()[0])
