@@ -24,8 +24,9 @@ class BlockMetric(Protocol):
     The scorer captures ``states``: the input of every decoder block plus the output of the last
     block (shape ``[L+1, B, T, H]``, float32; index ``l`` is the input of block ``l``; index ``L``
     is the residual stream after the last block, *before* the final norm), and a boolean ``mask``
-    ``[B, T]`` of the tokens to use (only the final real token per row when the token mode is
-    ``"last"``; every non-pad token when it is ``"all"``).
+    ``[B, T]`` of the tokens to use (every non-pad token when the token mode is ``"all"``; in
+    ``"last"`` mode the scorer passes only the final real token of each row, so ``T == 1`` and the
+    mask is all true). ``pair_sums`` is called once per calibration batch on the model's device.
     """
 
     name: str

@@ -34,15 +34,14 @@ def decoder_layers(model) -> Any:
     import torch
 
     candidates = []
-    for getter in ("get_decoder",):
-        fn = getattr(model, getter, None)
-        if callable(fn):
-            try:
-                dec = fn()
-            except Exception:  # noqa: BLE001 - some wrappers raise if there is no decoder
-                dec = None
-            if dec is not None and isinstance(getattr(dec, "layers", None), torch.nn.ModuleList):
-                return dec.layers
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        try:
+            dec = get_decoder()
+        except Exception:  # noqa: BLE001 - some wrappers raise if there is no decoder
+            dec = None
+        if dec is not None and isinstance(getattr(dec, "layers", None), torch.nn.ModuleList):
+            return dec.layers
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and name.split(".")[-1] in {"layers", "h", "blocks"}:
             candidates.append((name, module))

@@ -277,8 +277,12 @@ def score_blocks(
                 with _Capture(layers, select) as cap:
                     runner(input_ids=ids, attention_mask=mask, use_cache=False)
                     states = cap.stacked()
-                use = torch.ones(len(chunk), 1, dtype=torch.bool) if mode == "last" else mask.bool().cpu()
-                sums += metric_obj.pair_sums(states.cpu(), use).to(torch.float64)
+                use = (
+                    torch.ones(len(chunk), 1, dtype=torch.bool, device=states.device)
+                    if mode == "last"
+                    else mask.bool()
+                )
+                sums += metric_obj.pair_sums(states, use).detach().to("cpu", torch.float64)
                 n_samples += len(chunk)
                 n_tokens += int(lengths.sum())
                 bar.update(len(chunk))

@@ -62,7 +62,7 @@ class AngularDistance:
         if states.shape[2] == 1:
             return _angular_from_states(states, mask)
         # chunk over tokens so [B, T, L+1, L+1] stays small in "all" mode
-        out = torch.zeros(states.shape[0], states.shape[0], dtype=torch.float64)
+        out = torch.zeros(states.shape[0], states.shape[0], dtype=torch.float64, device=states.device)
         batch = states.shape[1]
         for b in range(batch):
             out += _angular_from_states(states[:, b : b + 1], mask[b : b + 1])
