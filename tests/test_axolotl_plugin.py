@@ -156,6 +156,8 @@ def test_dataset_format_mapping():
     assert dataset_format({"path": "x.json", "type": "alpaca"}, 0) == "alpaca"
     with pytest.raises(ValueError, match=r"datasets\[2\].*completion.*sdd_distill: false"):
         dataset_format({"path": "x.jsonl", "type": "completion"}, 2)
+    with pytest.raises(ValueError, match=r"datasets\[1\].*name is not supported.*sdd://convert"):
+        dataset_format({"path": "openai/gsm8k", "name": "main", "type": "alpaca"}, 1)
     normalized = {"role": "role", "content": "content"}  # what axolotl's config normalization adds
     entry = {"path": "x", "type": "chat_template", "message_property_mappings": normalized}
     assert dataset_format(entry, 0) == "messages"
@@ -263,6 +265,18 @@ def test_register_rejects_typos_before_loading_anything(tmp_path):
     raw = _recipe(base_model=str(tmp_path / "no-such-model"), sdd_prune_num_bloks=4)
     with pytest.raises(RecipeKeyError, match="did you mean 'sdd_prune_num_blocks'"):
         SelfDistillationPlugin().register(DictDefault(raw))
+
+
+def test_axolotl_config_loading_fails_loudly_on_a_typo(tmp_path):
+    """Through axolotl's own recipe loader (what `axolotl train/preprocess/merge-lora` call)."""
+    from axolotl.cli.config import load_cfg
+
+    raw = _recipe(sdd_prune_numblocks=4, output_dir=str(tmp_path / "out"))
+    path = tmp_path / "typo.yml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(RecipeKeyError, match="'sdd_prune_numblocks'; did you mean 'sdd_prune_num_blocks'"):
+        load_cfg(str(path))
+    assert not (tmp_path / "out").exists()
 
 
 def test_register_prunes_and_points_base_model_at_the_pruned_checkpoint(tiny_models, cache):

@@ -26,7 +26,7 @@ SMALL = {
     "gradient_accumulation_steps": 1,
     "sequence_len": 384,
     "sdd_prune_calibration_limit": 8,
-    "sdd_distill_max_new_tokens": 128,
+    "sdd_distill_max_new_tokens": 96,
     "sdd_distill_batch_size": 8,
     "sdd_distill_limit": 6,
     "sdd_distill_measure_nll": False,

@@ -194,6 +194,12 @@ def dataset_format(entry: Mapping[str, Any], index: int) -> str:
         raise ValueError(
             f"{where}: {exc}; set sdd_distill: false to train on it without distillation"
         ) from exc
+    extra = [k for k in ("name", "data_files") if entry.get(k)]
+    if extra:
+        raise ValueError(
+            f"{where}: {', '.join(extra)} is not supported with self-distillation; load it through "
+            f"path: sdd://convert?source=<hub id>&name=<config>&format=<format> instead"
+        )
     if fmt == "messages":
         defaults = (None, {}, "messages", "role", "content")
         custom = [k for k in _CHAT_LAYOUT_KEYS if entry.get(k) not in defaults]
