@@ -336,8 +336,11 @@ def axolotl_train(recipe: dict, folder: Path) -> Path:
     """Run ``axolotl train`` on ``recipe`` (written to ``folder/recipe.yml``); return the adapter dir."""
     path = folder / "recipe.yml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    bindir = os.path.dirname(sys.executable)
     env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    exe = shutil.which("axolotl", path=os.path.dirname(sys.executable)) or shutil.which("axolotl")
+    # axolotl re-launches itself through `accelerate`, found on PATH: put this venv's bin first.
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    exe = shutil.which("axolotl", path=bindir) or shutil.which("axolotl")
     if exe is None:
         raise FileNotFoundError("the `axolotl` command is missing: pip install 'sdd-plugin[axolotl]'")
     logf = folder / "axolotl.log"
