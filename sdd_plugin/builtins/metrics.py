@@ -30,24 +30,30 @@ def contiguous_argmin(table: torch.Tensor, n: int) -> list[int]:
     return list(range(best, best + n))
 
 
-def _cosines(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sample, token-averaged pairwise cosine ``[B, L+1, L+1]`` of the states ``[L+1, B, T, H]``."""
-    x = torch.nn.functional.normalize(states.to(torch.float64), dim=-1, eps=1e-12)
-    m = mask.to(torch.float64)  # [B, T]
-    counts = m.sum(dim=1).clamp_min(1.0)  # [B]
-    # Gram over layers for every token, summed over masked tokens: [B, L+1, L+1]
-    cos = torch.einsum("ibth,jbth,bt->bij", x, x, m)
-    return cos / counts[:, None, None]
+def _token_cosines(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise cosines between the block inputs of every token, and each token's weight.
+
+    ``states [L+1, B, T, H]`` -> ``(cos [B*T, L+1, L+1], weight [B*T])`` where ``weight`` is
+    ``mask / (masked tokens of its sample)``, so ``sum_n weight[n] * f(cos[n])`` is the sum over
+    samples of each sample's token mean. One batched float32 matmul on a view of the states (no
+    copies; the forward pass dominates); the diagonal is exactly 1.
+    """
+    num_states, batch, seq, hidden = states.shape
+    x = states.to(torch.float32).permute(1, 2, 0, 3).reshape(batch * seq, num_states, hidden)
+    gram = torch.bmm(x, x.transpose(1, 2))
+    norm = gram.diagonal(dim1=1, dim2=2).clamp_min(1e-30).sqrt()
+    cos = (gram / (norm[:, :, None] * norm[:, None, :])).clamp_(-1.0, 1.0)
+    cos.diagonal(dim1=1, dim2=2).fill_(1.0)
+    m = mask.to(device=states.device, dtype=torch.float64)
+    weight = (m / m.sum(dim=1, keepdim=True).clamp_min(1.0)).reshape(-1)
+    return cos, weight
 
 
-def _angular_from_states(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    x = torch.nn.functional.normalize(states.to(torch.float64), dim=-1, eps=1e-12)
-    m = mask.to(torch.float64)
-    counts = m.sum(dim=1).clamp_min(1.0)
-    cos = torch.einsum("ibth,jbth->btij", x, x).clamp(-1.0, 1.0)  # [B, T, L+1, L+1]
-    dist = torch.arccos(cos) / math.pi
-    dist = torch.einsum("btij,bt->bij", dist, m) / counts[:, None, None]
-    return dist.sum(dim=0)
+def _weighted_sum(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``sum_n weight[n] * values[n]`` in float64 -> ``[L+1, L+1]``."""
+    values = values.to(torch.float64)
+    values[weight == 0] = 0.0  # padding positions never contribute (not even a NaN)
+    return torch.einsum("nij,n->ij", values, weight)
 
 
 class AngularDistance:
@@ -59,14 +65,8 @@ class AngularDistance:
 
     def pair_sums(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Sum over samples of the token-averaged angular distance for every pair of block inputs."""
-        if states.shape[2] == 1:
-            return _angular_from_states(states, mask)
-        # chunk over tokens so [B, T, L+1, L+1] stays small in "all" mode
-        out = torch.zeros(states.shape[0], states.shape[0], dtype=torch.float64, device=states.device)
-        batch = states.shape[1]
-        for b in range(batch):
-            out += _angular_from_states(states[:, b : b + 1], mask[b : b + 1])
-        return out
+        cos, weight = _token_cosines(states, mask)
+        return _weighted_sum(torch.arccos(cos) / math.pi, weight)
 
     def select(self, table: torch.Tensor, n: int) -> list[int]:
         """Remove the contiguous run ``[l*, l*+n)`` of minimal angular distance."""
@@ -89,7 +89,8 @@ class BlockInfluence:
 
     def pair_sums(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Sum over samples of the token-averaged ``1 - cos`` for every pair of block inputs."""
-        return (1.0 - _cosines(states, mask)).sum(dim=0)
+        cos, weight = _token_cosines(states, mask)
+        return _weighted_sum(1.0 - cos, weight)
 
     def select(self, table: torch.Tensor, n: int) -> list[int]:
         """The ``n`` blocks with the lowest BI (ties: earlier block first), sorted."""
