@@ -357,15 +357,24 @@ def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
         problems.append("base_model: missing")
         return out
     base_path: Path | None = None
+    layers: int | None = None
     if resolve:
-        from ..models import resolve_model
+        from ..models import EMBEDDED_MODELS, resolve_model
 
-        try:
-            base_path = resolve_model(base)
-        except (FileNotFoundError, ValueError) as exc:
-            problems.append(f"base_model: {exc}")
+        if str(base) in EMBEDDED_MODELS or Path(str(base)).expanduser().exists():
+            try:
+                base_path = resolve_model(base)
+                layers = num_layers(base_path)
+            except (FileNotFoundError, ValueError) as exc:
+                problems.append(f"base_model: {exc}")
+        else:  # a hub id: fetch only its config.json (a check must not download the weights)
+            try:
+                from huggingface_hub import hf_hub_download
+
+                layers = num_layers(Path(hf_hub_download(str(base), "config.json")).parent)
+            except Exception as exc:
+                problems.append(f"base_model: cannot read config.json of {base!r} from the hub: {exc}")
     out["base_model_path"] = str(base_path) if base_path else None
-    layers = num_layers(base_path) if base_path else None
     out["layers"] = layers
     if args.sdd_prune:
         try:
