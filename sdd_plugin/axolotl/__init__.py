@@ -14,7 +14,8 @@ Flow (hooks in the order axolotl calls them):
    (or reuses the cached pruned checkpoint) and points ``base_model`` at it. The unpruned model
    is recorded as ``sdd_pruned_from`` and is the teacher unless ``sdd_teacher`` says otherwise.
    Because this happens in ``register``, every axolotl command that reads the recipe (``train``,
-   ``preprocess``, ``merge-lora``, ``inference``) sees the pruned model as the base.
+   ``preprocess``, ``merge-lora``, ``inference``) sees the pruned model as the base; when an
+   adapter is loaded (``merge-lora``, ``lora_model_dir``) the pruned model it was trained on wins.
 2. ``load_datasets(cfg)`` (train / preprocess, before tokenization): each ``datasets:`` entry is
    rewritten by the teacher into a content-hashed jsonl (reused when it exists) and the entry is
    pointed at it; axolotl then tokenizes and caches it like any local dataset.

@@ -223,11 +223,13 @@ class SelfDistillationPlugin(BasePlugin):
                     report = result.report
                     reused = False
             log.info(
-                "sdd-plugin: datasets[%d] %s -> %s (%s)",
+                "sdd-plugin: datasets[%d] %s -> %s (%s; %s of %s rewrites accepted, the rest fall back)",
                 i,
                 entry.get("path"),
                 out,
                 "reused" if reused else "distilled",
+                report.get("accepted"),
+                report.get("rows"),
             )
             data = entry.to_dict() if hasattr(entry, "to_dict") else dict(entry)
             data.update(
