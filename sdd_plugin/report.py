@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,11 +32,13 @@ class Artifact:
 ARTIFACTS: tuple[Artifact, ...] = (
     Artifact("prune", "sdd_prune.json", "Pruning", figures=("heatmap.png",)),
     Artifact("score", "score.json", "Block scores", figures=("heatmap.png",), markdown="score.md"),
-    Artifact("distill", "distill_report.json", "Self-data distillation"),
+    Artifact("distill", "distill_report.json", "Self-data distillation", markdown="distill_report.md"),
     Artifact("eval", "eval_results.json", "Evaluation", markdown="eval_results.md"),
     Artifact("recovery", "recovery.json", "Recovery", figures=("recovery.png",), markdown="recovery.md"),
     Artifact("merge", "sdd_merge.json", "Merge"),
-    Artifact("specdec", "specdec.json", "Speculative decoding", figures=("specdec.png",)),
+    Artifact(
+        "specdec", "specdec.json", "Speculative decoding", figures=("specdec.png",), markdown="specdec.md"
+    ),
 )
 
 #: keys of distill_report.json shown first, with labels
@@ -118,6 +121,24 @@ def _demote(md: str, levels: int = 2) -> str:
     return "\n".join(out).strip()
 
 
+_LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
+
+
+def _relink(md: str, folder: Path, base: Path) -> tuple[str, set[Path]]:
+    """Rewrite relative links of Markdown written in ``folder`` so they resolve from ``base``."""
+    targets: set[Path] = set()
+
+    def fix(m: re.Match) -> str:
+        link = m.group(2)
+        if re.match(r"^([a-z]+:|/|#)", link):
+            return m.group(0)
+        target = (folder / link).resolve()
+        targets.add(target)
+        return f"{m.group(1)}{_rel(target, base)}{m.group(3)}"
+
+    return _LINK.sub(fix, md), targets
+
+
 def _rel(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path, base)).as_posix()
 
@@ -158,7 +179,9 @@ def _section(a: Artifact, paths: list[Path], base: Path, shown_figures: set[Path
         if a.key == "eval" and isinstance(data, dict) and "tasks" in data:
             lines += _eval_lines(data)
         elif md is not None and md.is_file():
-            lines.append(_demote(md.read_text(encoding="utf-8"), 2))
+            text, targets = _relink(md.read_text(encoding="utf-8"), folder.resolve(), base)
+            shown_figures.update(targets)
+            lines.append(_demote(text, 2))
         elif isinstance(data, dict):
             lines += kv_table(data, DISTILL_KEYS if a.key == "distill" else None)
         else:
@@ -167,7 +190,7 @@ def _section(a: Artifact, paths: list[Path], base: Path, shown_figures: set[Path
             )
         lines.append("")
         for fig in a.figures:
-            fp = folder / fig
+            fp = (folder / fig).resolve()
             if fp.is_file() and fp not in shown_figures:
                 shown_figures.add(fp)
                 lines += [f"![{a.title}: {fig}]({_rel(fp, base)})", ""]

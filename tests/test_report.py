@@ -66,6 +66,13 @@ def run_dir(tiny_models, tmp_path_factory):
             }
         )
     )
+    # spec-dec writes its own Markdown with a link relative to its folder
+    (run / "specdec").mkdir()
+    (run / "specdec" / "specdec.json").write_text(json.dumps({"summary": {"acceptance_rate": 0.6}}))
+    (run / "specdec" / "specdec.md").write_text(
+        "# Speculative decoding\n\n| acceptance rate | 0.600 |\n\n![specdec](specdec.png)\n"
+    )
+    _png(run / "specdec" / "specdec.png")
     (run / "merged").mkdir()
     (run / "merged" / "sdd_merge.json").write_text(json.dumps({"method": "slerp", "parameters": {"t": 0.5}}))
     return run
@@ -75,7 +82,7 @@ def test_find_artifacts(run_dir):
     found = find_artifacts(run_dir)
     assert [p.name for p in found["eval"]] == ["eval_results.json"]
     assert found["recovery"] and found["prune"] and found["distill"] and found["merge"]
-    assert found["specdec"] == [] and found["score"] == []
+    assert found["specdec"] and found["score"] == []
 
 
 def test_build_report_sections_links_and_missing(run_dir):
@@ -84,9 +91,10 @@ def test_build_report_sections_links_and_missing(run_dir):
     md = path.read_text()
     for title in ("## Pruning", "## Self-data distillation", "## Evaluation", "## Recovery", "## Merge"):
         assert title in md
-    assert "## Speculative decoding" not in md and "## Block scores" not in md
-    assert re.search(r"Not found: .*Speculative decoding \(`specdec.json`\)", md)
-    assert "Block scores (`score.json`)" in md
+    assert "## Speculative decoding" in md and "## Block scores" not in md
+    assert re.search(r"Not found: Block scores \(`score.json`\)\.", md)
+    # embedded stage Markdown: headings demoted, its figure link rebased and not repeated
+    assert "### Speculative decoding" in md and md.count("specdec/specdec.png") == 1
     # documented distill keys with labels, pruning scalars, nested merge parameters
     assert "| acceptance rate | 0.75 |" in md and "| NLL of distilled responses | 1.21 |" in md
     assert "| removed_blocks | [2, 3, 4, 5, 6, 7] |" in md and "| parameters.t | 0.5 |" in md
@@ -96,7 +104,7 @@ def test_build_report_sections_links_and_missing(run_dir):
     assert "### Recovery against `" in md and "above-chance recovery" in md
     # every linked figure exists relative to the report
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert {"pruned/heatmap.png", "eval/recovery.png"} <= set(links)
+    assert {"pruned/heatmap.png", "eval/recovery.png", "specdec/specdec.png"} <= set(links)
     for link in links:
         assert (path.parent / link).is_file(), link
 
