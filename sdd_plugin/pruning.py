@@ -63,19 +63,9 @@ def _layer_configs(config) -> list:
     return out
 
 
-def _param_count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def count_parameters(model) -> int:
     """Number of distinct parameters (tied weights counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():  # parameters() already de-duplicates shared tensors
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
+    return sum(p.numel() for p in model.parameters())  # parameters() de-duplicates shared tensors
 
 
 def validate_blocks(blocks: Sequence[int], num_layers: int) -> list[int]:
@@ -110,8 +100,6 @@ def remove_blocks(model, blocks: Sequence[int]):
     up), sets ``num_hidden_layers`` and drops the removed entries from every per-layer config list
     (any list whose length equals the old number of blocks, e.g. ``layer_types``).
     """
-    import torch
-
     layers = decoder_layers(model)
     num_layers = len(layers)
     removed = validate_blocks(blocks, num_layers)
@@ -126,7 +114,6 @@ def remove_blocks(model, blocks: Sequence[int]):
         for sub in module.modules():
             if hasattr(sub, "layer_idx") and isinstance(sub.layer_idx, int):
                 sub.layer_idx = new_idx
-    assert isinstance(layers, torch.nn.ModuleList)
 
     seen: set[int] = set()
     configs = []
@@ -144,9 +131,9 @@ def remove_blocks(model, blocks: Sequence[int]):
         for key in list(cfg.to_dict()):
             current = getattr(cfg, key, None)
             if isinstance(current, (list, tuple)) and len(current) == num_layers:
-                new = [v for i, v in enumerate(current) if i in set(keep)]
-                object.__setattr__(cfg, key, type(current)(new) if isinstance(current, tuple) else new)
-        object.__setattr__(cfg, "num_hidden_layers", len(keep))
+                new = [current[i] for i in keep]
+                setattr(cfg, key, tuple(new) if isinstance(current, tuple) else new)
+        cfg.num_hidden_layers = len(keep)
     return model
 
 
