@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         write_recovery,
     )
 
+    if not getattr(args, "verbose", False):  # lm-eval logs every request batch at INFO
+        logging.getLogger("lm_eval").setLevel(logging.WARNING)
     out = Path(args.out)
     batch = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
     if args.compare:
