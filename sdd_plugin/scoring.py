@@ -99,6 +99,11 @@ class ScoreResult:
             contiguous = blocks == list(range(blocks[0], blocks[0] + len(blocks)))
             shown = f"{blocks[0]}..{blocks[-1]}" if contiguous and len(blocks) > 1 else str(blocks)
             lines.append(f"| {r['n']} | {r['start']} | {r['distance']:.4f} | {shown} |")
+        lines.append("")
+        lines.append(
+            "l* = argmin over l of d(l, n) = table[l, l+n]; `removed blocks` is what the "
+            f"`{self.metric}` metric removes for that n."
+        )
         return "\n".join(lines)
 
     def plot_heatmap(
