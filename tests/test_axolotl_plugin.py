@@ -339,7 +339,7 @@ def test_register_prunes_and_points_base_model_at_the_pruned_checkpoint(tiny_mod
         )
 
 
-def test_register_without_pruning_resolves_the_embedded_name(default_model):
+def test_register_without_pruning_resolves_the_embedded_name(default_model, cache):
     from axolotl.utils.dict import DictDefault
 
     from sdd_plugin.axolotl import SelfDistillationPlugin
@@ -347,7 +347,8 @@ def test_register_without_pruning_resolves_the_embedded_name(default_model):
     cfg = DictDefault(_recipe(sdd_prune=False))
     assert cfg.base_model == "smollm2-135m-instruct"
     SelfDistillationPlugin().register(cfg)
-    assert cfg.base_model == str(default_model) and cfg.sdd_teacher == str(default_model)
+    assert Path(cfg.base_model).resolve() == default_model.resolve()
+    assert cfg.sdd_teacher == cfg.base_model
     assert cfg.sdd_pruned_from is None
 
 
@@ -376,14 +377,14 @@ def test_check_passes_the_cpu_recipe(capsys, default_model, cache):
     assert "unpruned base_model" in out and "format messages" in out
 
 
-def test_check_catches_a_typo(capsys, tmp_path, default_model):
+def test_check_catches_a_typo(capsys, tmp_path, default_model, cache):
     raw = _recipe(sdd_distil_limit=8)
     code, out = _check(capsys, _write(tmp_path, raw), "--no-axolotl")
     assert code == 1
     assert "'sdd_distil_limit'" in out and "did you mean 'sdd_distill_limit'" in out
 
 
-def test_check_catches_a_plugin_that_would_not_import(capsys, tmp_path, default_model):
+def test_check_catches_a_plugin_that_would_not_import(capsys, tmp_path, default_model, cache):
     raw = _recipe(plugins=["sdd_plugin.axolotl.SelfDistilationPlugin", "no_such_pkg.Plugin"])
     code, out = _check(capsys, _write(tmp_path, raw), "--no-axolotl")
     assert code == 1
@@ -392,7 +393,7 @@ def test_check_catches_a_plugin_that_would_not_import(capsys, tmp_path, default_
     assert f"{PLUGIN_PATH} is not listed, so axolotl would silently drop" in out
 
 
-def test_check_catches_bad_data_and_model(capsys, tmp_path):
+def test_check_catches_bad_data_and_model(capsys, tmp_path, cache):
     raw = _recipe(base_model=str(tmp_path / "missing-model"))
     raw["datasets"] = [
         {"path": str(tmp_path / "missing.jsonl"), "type": "chat_template"},
