@@ -147,7 +147,9 @@ def resolve_input(spec: str | os.PathLike, base_model: str | os.PathLike | None 
                     ) from None
         if base is None:
             if base_model is None:
-                raise ValueError(f"{path / ADAPTER_CONFIG} has no base_model_name_or_path; pass the base model")
+                raise ValueError(
+                    f"{path / ADAPTER_CONFIG} has no base_model_name_or_path; pass the base model"
+                )
             base = resolve_model(base_model)
         return MergeInput(spec_s, "lora", path, base=base, layout=model_layout(base))
     folder = resolve_model(spec_s)

@@ -125,7 +125,7 @@ def test_default_model_with_pruned_draft(default_model, tmp_path):
         default_model,
         pruned.out_dir,
         prompts=default_prompts()[:2],
-        max_new_tokens=24,
+        max_new_tokens=16,
         num_assistant_tokens=3,
         out=tmp_path / "sd",
     )
