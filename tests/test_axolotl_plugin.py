@@ -298,6 +298,14 @@ def test_register_prunes_and_points_base_model_at_the_pruned_checkpoint(tiny_mod
     assert Path(cfg.datasets[0].path).is_file()  # sdd:// resolved to a local jsonl
     assert plugin.prune_info["reused"] is False and len(plugin.prune_info["removed_blocks"]) == 2
 
+    # a cfg that was prepared already (ray workers register again) is left as it is
+    worker = SelfDistillationPlugin()
+    worker.register(cfg)
+    assert (
+        cfg.base_model == str(pruned)
+        and worker.prune_info["removed_blocks"] == plugin.prune_info["removed_blocks"]
+    )
+
     again = SelfDistillationPlugin()
     cfg2 = DictDefault(_recipe(base_model=base, sdd_prune_num_blocks=2, sdd_prune_calibration_limit=4))
     again.register(cfg2)

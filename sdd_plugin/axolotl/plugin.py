@@ -66,7 +66,9 @@ class SelfDistillationPlugin(BasePlugin):
     # ------------------------------------------------------------------------------- register
     def register(self, cfg: dict) -> None:
         """Validate ``sdd_*`` keys, resolve names, prune, and point ``base_model`` at the result."""
-        if cfg.get("sdd_pruned_from"):  # this cfg was prepared already (e.g. re-registered on a worker)
+        if cfg.get("sdd_pruned_from"):  # this cfg was prepared already (e.g. re-registered on a ray worker)
+            meta = _read_json(Path(str(cfg.get("base_model"))) / "sdd_prune.json")
+            self._set_pruned(cfg, None, cfg["sdd_pruned_from"], str(cfg["base_model"]), meta, True, 0.0)
             return
         args = parse_sdd_args(cfg)
         if args.sdd_cache_dir:
