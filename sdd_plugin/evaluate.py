@@ -7,7 +7,13 @@ handed to ``lm_eval.tasks.TaskManager(include_path=...)``. Stock task names (``a
 ``hellaswag``, ...) pass straight through to lm-eval (they need the hub).
 
 Chance levels are computed over the evaluated docs: mean ``1/#choices`` for multiple choice,
-mean ``#true/#choices`` for TruthfulQA mc2 (the expected mc2 of a uniform model), 0 for generation.
+mean ``#true/#choices`` for TruthfulQA mc2 (the expected mc2 of a uniform model), 0 for generation,
+None for perplexity (``loglikelihood_rolling``) tasks.
+
+Perplexity tasks (``sdd_synth_ppl``, ``sdd_wikitext``) report bits per byte, where lower is better
+(``TaskSpec.higher_is_better``; stored per result as ``higher_is_better``). Their plain recovery is
+``baseline / score``; they are left out of the averaged score/recovery over the accuracy tasks and
+get their own average (``lower_is_better_recovery``), see :func:`recovery_table`.
 
 ``sdd_mmlu`` is a group of 57 subject tasks (``sdd_mmlu_<subject>``) with the stock first-5-of-dev
 few-shot examples; ``limit`` applies per subject, the group score is weighted by subject size.
@@ -49,6 +55,7 @@ class TaskSpec:
     sources: tuple[str, ...]  # files or folders relative to the data root ("" = embedded data)
     label: str | None = None  # display name of the metric when it differs (mc2)
     filter: str = "none"
+    higher_is_better: bool = True  # False for perplexity-style metrics (bits_per_byte)
 
     @property
     def metric_key(self) -> str:
@@ -80,8 +87,34 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec("sdd_synth_mc", "acc", 0, ()),
         TaskSpec("sdd_synth_math", "exact_match", 5, (), filter="strict-match"),
+        TaskSpec("sdd_synth_ppl", "bits_per_byte", 0, (), higher_is_better=False),
+        TaskSpec("sdd_wikitext", "bits_per_byte", 0, ("wikitext2/wiki.test.raw",), higher_is_better=False),
     ]
 }
+
+#: metrics where lower is better (lm-eval's perplexity family); used for results without the flag
+LOWER_IS_BETTER_METRICS = frozenset({"bits_per_byte", "byte_perplexity", "word_perplexity", "perplexity"})
+
+
+def higher_is_better(task_or_result: str | dict) -> bool:
+    """Whether a larger score is better: for a task name, a metric name, or one result/table row.
+
+    A row's own ``higher_is_better`` key wins; otherwise the task's :class:`TaskSpec`, else the
+    metric name (``bits_per_byte`` and the perplexities are lower-is-better).
+    """
+    if isinstance(task_or_result, dict):
+        flag = task_or_result.get("higher_is_better")
+        if flag is not None:
+            return bool(flag)
+        task = task_or_result.get("task")
+        if task in TASKS:
+            return TASKS[task].higher_is_better
+        return str(task_or_result.get("metric")) not in LOWER_IS_BETTER_METRICS
+    if task_or_result in TASKS:
+        return TASKS[task_or_result].higher_is_better
+    metric = STOCK_METRICS.get(task_or_result, (task_or_result, ""))[0]
+    return metric not in LOWER_IS_BETTER_METRICS
+
 
 #: primary metrics of stock lm-eval tasks (leaderboard v1 choices); others fall back to acc/exact_match
 STOCK_METRICS: dict[str, tuple[str, str]] = {
@@ -92,6 +125,7 @@ STOCK_METRICS: dict[str, tuple[str, str]] = {
     "mmlu": ("acc", "none"),
     "winogrande": ("acc", "none"),
     "gsm8k": ("exact_match", "strict-match"),
+    "wikitext": ("bits_per_byte", "none"),
 }
 
 PRESETS: dict[str, list[str]] = {
@@ -114,7 +148,8 @@ PRESETS: dict[str, list[str]] = {
         "arc_easy",
     ],
     "quick": ["sdd_arc_easy", "sdd_hellaswag"],
-    "synth": ["sdd_synth_mc", "sdd_synth_math"],
+    "synth": ["sdd_synth_mc", "sdd_synth_math", "sdd_synth_ppl"],
+    "ppl": ["sdd_synth_ppl", "sdd_wikitext"],
 }
 
 #: default shots of the stock tasks in the openllm-hub preset (None = the task's own default)
@@ -316,6 +351,44 @@ def _prep_synth_math(root: Path | None, out: Path) -> None:
     _write_jsonl(syn.word_problems(SYNTH_TRAIN_ROWS, seed=0, split="train"), out / "synth_math.train.jsonl")
 
 
+def _prep_synth_ppl(root: Path | None, out: Path) -> None:
+    """The held-out word problems of sdd_synth_math, each ``question + "\\n" + answer`` as one page."""
+    syn = _synthetic()
+    rows = syn.word_problems(SYNTH_TEST_ROWS, seed=0, split="test")
+    _write_jsonl(({"page": r["question"] + "\n" + r["answer"]} for r in rows), out / "synth_ppl.test.jsonl")
+
+
+def wikitext_pages(path: str | os.PathLike) -> list[str]:
+    """Split a WikiText raw file into articles at the top-level headings `` = Title = ``.
+
+    Each page is the heading line and the article's lines (sub-headings `` = = ... = = `` included),
+    as in the file (leading/trailing spaces kept, CRLF -> LF), joined with newlines and ending in one.
+    Empty lines are dropped (the local file has none). Text before the first heading, if any, is a
+    page of its own.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    pages: list[list[str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        s = line.strip()
+        if s.startswith("= ") and s.endswith(" =") and not s.startswith("= ="):
+            pages.append([line])
+        elif pages:
+            pages[-1].append(line)
+        else:
+            pages.append([line])
+    if not pages:
+        raise ValueError(f"{path}: no text (expected WikiText raw lines with ' = Title = ' headings)")
+    return ["\n".join(p) + "\n" for p in pages]
+
+
+def _prep_wikitext(root: Path, out: Path) -> None:
+    pages = wikitext_pages(root / "wikitext2" / "wiki.test.raw")
+    _write_jsonl(({"page": p} for p in pages), out / "wikitext2.test.jsonl")
+
+
 PREPARERS: dict[str, Callable[[Any, Path], None]] = {
     "sdd_arc_easy": lambda r, o: _prep_arc(r, o, "Easy"),
     "sdd_arc_challenge": lambda r, o: _prep_arc(r, o, "Challenge"),
@@ -326,6 +399,8 @@ PREPARERS: dict[str, Callable[[Any, Path], None]] = {
     "sdd_gsm8k": _prep_gsm8k,
     "sdd_synth_mc": _prep_synth_mc,
     "sdd_synth_math": _prep_synth_math,
+    "sdd_synth_ppl": _prep_synth_ppl,
+    "sdd_wikitext": _prep_wikitext,
 }
 
 
@@ -583,10 +658,15 @@ def _chance_and_items(task: str, res: dict, metric: str, filt: str) -> tuple[flo
             if s.get("filter", "none") != filt:
                 continue
             n += 1
-            if metric in s and _clean(s[metric]) is not None:
-                items.append(float(s[metric]))
+            v = s.get(metric)
+            if out_type == "loglikelihood_rolling" and isinstance(v, (list, tuple)) and len(v) == 2:
+                v = _ppl_item(metric, float(v[0]), float(v[1]))  # (log-likelihood, #words or #bytes)
+            if v is not None and _clean(v) is not None:
+                items.append(float(v))
             doc = s.get("doc") or {}
-            if out_type != "multiple_choice":
+            if out_type == "loglikelihood_rolling":
+                chances.append(math.nan)  # no chance level for perplexity
+            elif out_type != "multiple_choice":
                 chances.append(0.0)
             elif "truthfulqa_mc2" in sub and "mc2_targets" in doc:
                 labels = doc["mc2_targets"]["labels"]
@@ -596,6 +676,37 @@ def _chance_and_items(task: str, res: dict, metric: str, filt: str) -> tuple[flo
                 chances.append(1.0 / k if k else math.nan)
     chance = float(sum(chances) / len(chances)) if chances and not any(map(math.isnan, chances)) else None
     return chance, items, n
+
+
+def _ppl_item(metric: str, loglik: float, count: float) -> float | None:
+    """One document's value of a perplexity metric from its (log-likelihood, #words/#bytes) pair."""
+    if count <= 0:
+        return None
+    if metric == "bits_per_byte":
+        return -loglik / count / math.log(2)
+    return math.exp(-loglik / count)
+
+
+def _ppl_stderr(res: dict, metric: str, filt: str) -> float | None:
+    """Delta-method standard error of a corpus-level perplexity metric over the evaluated docs.
+
+    ``bits_per_byte`` = -Σll / Σbytes / ln 2 is a ratio estimator R = Σa/Σb; its variance is
+    ≈ n/(n-1) · Σ(a_i − R·b_i)² / (Σb)² (the perplexities are exp(R), so ×exp(R)). lm-eval reports
+    none for these aggregations.
+    """
+    pairs = []
+    for rows in (res.get("samples") or {}).values():
+        for s in rows:
+            v = s.get(metric)
+            if s.get("filter", "none") == filt and isinstance(v, (list, tuple)) and len(v) == 2:
+                pairs.append((-float(v[0]), float(v[1])))
+    n = len(pairs)
+    total = sum(b for _, b in pairs)
+    if n < 2 or total <= 0:
+        return None
+    r = sum(a for a, _ in pairs) / total
+    se = math.sqrt(n / (n - 1) * sum((a - r * b) ** 2 for a, b in pairs)) / total
+    return se / math.log(2) if metric == "bits_per_byte" else math.exp(r) * se
 
 
 def _clean(v: Any) -> Any:
@@ -632,6 +743,9 @@ def _eval_one(lm, task: str, tm, limit, shots, apply_chat_template, fewshot_as_m
     metric, filt, label = _pick_metric(task, top)
     chance, items, n = _chance_and_items(task, res, metric, filt)
     metrics = {k: _clean(v) for k, v in top.items() if "," in k and not isinstance(v, str)}
+    stderr = _clean(top.get(f"{metric}_stderr,{filt}"))
+    if not isinstance(stderr, (int, float)):  # "N/A" for the perplexity aggregations
+        stderr = _ppl_stderr(res, metric, filt) if metric in LOWER_IS_BETTER_METRICS else None
     n_shot = res.get("n-shot", {})
     used_shots = n_shot.get(task)
     if used_shots is None:  # groups: the subtasks carry the shots
@@ -642,10 +756,13 @@ def _eval_one(lm, task: str, tm, limit, shots, apply_chat_template, fewshot_as_m
         "metric": label,
         "metric_key": f"{metric},{filt}",
         "value": _clean(top[f"{metric},{filt}"]),
-        "stderr": _clean(top.get(f"{metric}_stderr,{filt}")),
+        "stderr": stderr,
         "n": n,
         "shots": used_shots,
         "chance": chance,
+        "higher_is_better": higher_is_better(task)
+        if task in TASKS
+        else metric not in LOWER_IS_BETTER_METRICS,
         "metrics": metrics,
         "per_item": items,
         "source": "sdd" if task.startswith("sdd_") else "lm-eval",
@@ -847,16 +964,37 @@ def results_markdown(report: dict) -> str:
         "| task | metric | shots | n | score | ± stderr | chance |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+    lower = False
     for t, r in report.get("tasks", {}).items():
+        hib = higher_is_better(dict(r, task=t))
+        lower |= not hib
         lines.append(
-            f"| {t} | {r.get('metric')} | {r.get('shots')} | {r.get('n')} | {_pct(r.get('value'))} | "
-            f"{_pct(r.get('stderr'))} | {_pct(r.get('chance'))} |"
+            f"| {t} | {metric_label(r.get('metric'), hib)} | {r.get('shots')} | {r.get('n')} | "
+            f"{format_score(r.get('value'), hib)} | {format_score(r.get('stderr'), hib)} | "
+            f"{format_score(r.get('chance'), hib)} |"
         )
+    if lower:
+        lines += ["", LOWER_NOTE]
     return "\n".join(lines) + "\n"
+
+
+LOWER_NOTE = "↓ = lower is better (bits per byte: plain numbers, not %; no chance level)."
 
 
 def _pct(v: Any, digits: int = 1) -> str:
     return "–" if v is None else f"{100 * v:.{digits}f}%"
+
+
+def format_score(v: Any, higher_is_better: bool = True) -> str:
+    """A score for tables: accuracies as ``"40.0%"``, lower-is-better metrics as ``"1.234"``."""
+    if higher_is_better:
+        return _pct(v)
+    return "–" if v is None else f"{v:.3f}"
+
+
+def metric_label(metric: Any, higher_is_better: bool = True) -> str:
+    """The metric name, marked ``↓`` when lower is better."""
+    return f"{metric}" if higher_is_better else f"{metric} ↓"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -878,14 +1016,21 @@ def load_results(path: str | os.PathLike) -> dict:
 
 
 def recovery(
-    score: float | None, baseline: float | None, chance: float | None = 0.0
+    score: float | None,
+    baseline: float | None,
+    chance: float | None = 0.0,
+    higher_is_better: bool = True,
 ) -> tuple[float | None, float | None]:
     """``(score / baseline, (score - chance) / (baseline - chance))``; None where undefined.
 
-    Above-chance recovery is undefined when the baseline is not above chance.
+    Above-chance recovery is undefined when the baseline is not above chance. For a lower-is-better
+    metric (bits per byte) plain recovery is ``baseline / score`` (1.0 = as good as the baseline,
+    < 1 = worse) and above-chance recovery is None (a perplexity task has no chance level).
     """
     if score is None or baseline is None:
         return None, None
+    if not higher_is_better:
+        return (baseline / score if score > 0 and baseline > 0 else None), None
     plain = score / baseline if baseline > 0 else None
     c = chance or 0.0
     above = (score - c) / (baseline - c) if baseline - c > 1e-12 else None
@@ -913,6 +1058,12 @@ def recovery_table(results: dict | Sequence[dict], baseline_results: dict) -> di
 
     ``results`` is one ``eval_results`` dict or a list of them (one per model); tasks are those
     both the model and the baseline have. Comparisons where n or shots differ are flagged.
+
+    Each row carries ``higher_is_better``. The ``average`` (score, baseline, chance, recovery,
+    above-chance recovery, ``n_tasks``) is over the higher-is-better tasks only (averaging bits per
+    byte with accuracies is meaningless); the lower-is-better tasks' plain recovery
+    (baseline / score) is averaged separately as ``lower_is_better_recovery`` over
+    ``n_lower_is_better`` tasks (None when there are none).
     """
     if isinstance(results, dict):
         results = [results]
@@ -936,10 +1087,14 @@ def recovery_table(results: dict | Sequence[dict], baseline_results: dict) -> di
             for k in ("n", "shots"):
                 if r.get(k) != b.get(k):
                     table["warnings"].append(f"{label}: task {t} {k}={r.get(k)} but baseline {k}={b.get(k)}")
+            hib = higher_is_better(dict(b, task=t))
             chance = b.get("chance") if b.get("chance") is not None else r.get("chance")
-            plain, above = recovery(r.get("value"), b.get("value"), chance)
+            if not hib:
+                chance = None
+            plain, above = recovery(r.get("value"), b.get("value"), chance, higher_is_better=hib)
             rows[t] = {
                 "metric": r.get("metric"),
+                "higher_is_better": hib,
                 "score": r.get("value"),
                 "baseline": b.get("value"),
                 "chance": chance,
@@ -948,13 +1103,17 @@ def recovery_table(results: dict | Sequence[dict], baseline_results: dict) -> di
             }
             if t not in order:
                 order.append(t)
+        hi = [v for v in rows.values() if v["higher_is_better"]]
+        lo = [v for v in rows.values() if not v["higher_is_better"]]
         avg = {
-            "score": _mean(v["score"] for v in rows.values()),
-            "baseline": _mean(v["baseline"] for v in rows.values()),
-            "chance": _mean(v["chance"] for v in rows.values()),
-            "recovery": _mean(v["recovery"] for v in rows.values()),
-            "above_chance_recovery": _mean(v["above_chance_recovery"] for v in rows.values()),
-            "n_tasks": len(rows),
+            "score": _mean(v["score"] for v in hi),
+            "baseline": _mean(v["baseline"] for v in hi),
+            "chance": _mean(v["chance"] for v in hi),
+            "recovery": _mean(v["recovery"] for v in hi),
+            "above_chance_recovery": _mean(v["above_chance_recovery"] for v in hi),
+            "n_tasks": len(hi),
+            "lower_is_better_recovery": _mean(v["recovery"] for v in lo),
+            "n_lower_is_better": len(lo),
         }
         table["models"].append({"model": label, "tasks": rows, "average": avg})
     table["tasks"] = order
@@ -969,6 +1128,14 @@ def recovery_markdown(table: dict) -> str:
         "plain recovery = score / baseline; above-chance recovery = (score − chance) / (baseline − chance)",
         "",
     ]
+    if any(not r.get("higher_is_better", True) for m in table["models"] for r in m["tasks"].values()):
+        lines += [
+            "Tasks marked ↓ (bits per byte) are lower-is-better: their plain recovery is baseline / score "
+            "(100% = as good as the baseline), they have no chance level and no above-chance recovery, "
+            "and they are not in the **average** row (over the higher-is-better tasks) but in their own "
+            "row.",
+            "",
+        ]
     for m in table["models"]:
         lines += [
             f"## {m['model']}",
@@ -980,83 +1147,127 @@ def recovery_markdown(table: dict) -> str:
             r = m["tasks"].get(t)
             if r is None:
                 continue
+            hib = r.get("higher_is_better", True)
             lines.append(
-                f"| {t} | {r['metric']} | {_pct(r['chance'])} | {_pct(r['baseline'])} | {_pct(r['score'])} | "
+                f"| {t} | {metric_label(r['metric'], hib)} | {format_score(r['chance'], hib)} | "
+                f"{format_score(r['baseline'], hib)} | {format_score(r['score'], hib)} | "
                 f"{_pct(r['recovery'])} | {_pct(r['above_chance_recovery'])} |"
             )
         a = m["average"]
-        lines += [
-            f"| **average** ({a['n_tasks']} tasks) | | {_pct(a['chance'])} | {_pct(a['baseline'])} | "
-            f"{_pct(a['score'])} | **{_pct(a['recovery'])}** | **{_pct(a['above_chance_recovery'])}** |",
-            "",
-        ]
+        if a.get("n_tasks", 0) or not a.get("n_lower_is_better"):
+            lines.append(
+                f"| **average** ({a['n_tasks']} tasks) | | {_pct(a['chance'])} | {_pct(a['baseline'])} | "
+                f"{_pct(a['score'])} | **{_pct(a['recovery'])}** | **{_pct(a['above_chance_recovery'])}** |"
+            )
+        if a.get("n_lower_is_better"):
+            lines.append(
+                f"| **lower-is-better average** ({a['n_lower_is_better']} tasks) | ↓ | | | | "
+                f"**{_pct(a['lower_is_better_recovery'])}** | – |"
+            )
+        lines.append("")
     if table.get("warnings"):
         lines += ["Warnings:", ""] + [f"- {w}" for w in table["warnings"]] + [""]
     return "\n".join(lines)
 
 
 def plot_recovery(table: dict, path: str | os.PathLike) -> Path:
-    """Grouped bars: baseline vs each model per task (chance marked), and recovery % per task."""
+    """Bars per task: scores (baseline vs each model, chance marked), recovery % per task.
+
+    Lower-is-better tasks (bits per byte) get their own panel of raw values (no chance line) and
+    appear in the recovery panel as ``task ↓`` with plain recovery = baseline / score only; the
+    ``average`` column is over the higher-is-better tasks.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    tasks = list(table["tasks"]) + ["average"]
     models = table["models"]
-    x = np.arange(len(tasks))
-    k = len(models) + 1
-    w = 0.8 / k
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 1.6 * len(tasks) + 2) + 3.5, 7.5), sharex=True)
+
+    def hib(t: str) -> bool:
+        return all(m["tasks"][t].get("higher_is_better", True) for m in models if t in m["tasks"])
+
+    hi_tasks = [t for t in table["tasks"] if hib(t)]
+    lo_tasks = [t for t in table["tasks"] if not hib(t)]
+    score_cols = hi_tasks + ["average"] if hi_tasks or not lo_tasks else []
+    rec_cols = score_cols + lo_tasks
+    rec_names = score_cols + [f"{t} ↓" for t in lo_tasks]
+    panels = (["scores"] if score_cols else []) + (["lower"] if lo_tasks else []) + ["recovery"]
+    heights = {"scores": 1.0, "lower": 0.8, "recovery": 1.0}
+    width = max(6.0, 1.6 * len(rec_cols) + 2) + 3.5
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(width, sum(3.75 * heights[p] for p in panels)),
+        gridspec_kw={"height_ratios": [heights[p] for p in panels]},
+        squeeze=False,
+    )
+    ax = dict(zip(panels, axes[:, 0]))
 
     def get(m: dict, t: str, key: str) -> float:
         r = m["average"] if t == "average" else m["tasks"].get(t, {})
         v = r.get(key)
         return float("nan") if v is None else float(v)
 
-    base_vals = [100 * get(models[0], t, "baseline") for t in tasks] if models else []
-    ax1.bar(x - 0.4 + w / 2, base_vals, w, label=f"baseline: {table['baseline']}", color="0.55")
-    for i, m in enumerate(models, 1):
-        ax1.bar(
-            x - 0.4 + w / 2 + i * w,
-            [100 * get(m, t, "score") for t in tasks],
-            w,
-            label=m["model"],
-            color=f"C{i - 1}",
+    def labels(vals: list[float]) -> list[str]:
+        return ["" if math.isnan(v) else f"{v:.0f}" for v in vals]
+
+    k = len(models) + 1
+    w = 0.8 / k
+
+    def value_bars(a, cols: list[str], scale: float) -> np.ndarray:
+        x = np.arange(len(cols))
+        base = [scale * get(models[0], t, "baseline") for t in cols] if models else [math.nan] * len(cols)
+        a.bar(x - 0.4 + w / 2, base, w, label=f"baseline: {table['baseline']}", color="0.55")
+        for i, m in enumerate(models, 1):
+            vals = [scale * get(m, t, "score") for t in cols]
+            bars = a.bar(x - 0.4 + w / 2 + i * w, vals, w, label=m["model"], color=f"C{i - 1}")
+            if scale == 1.0:  # raw values (bits per byte): print them
+                a.bar_label(bars, fmt="%.3f", fontsize=7)
+        return x
+
+    if "scores" in ax:
+        a = ax["scores"]
+        x = value_bars(a, score_cols, 100.0)
+        if models:
+            chance = [100 * get(models[0], t, "chance") for t in score_cols]
+            a.hlines(chance, x - 0.42, x + 0.42, colors="k", linestyles="dashed", linewidth=1, label="chance")
+        a.set_ylabel("score (%)")
+        a.set_title("Scores per task (higher is better)")
+        a.set_xticks(x, score_cols, rotation=20, ha="right")
+        a.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if "lower" in ax:
+        a = ax["lower"]
+        x = value_bars(a, lo_tasks, 1.0)
+        metrics = sorted(
+            {str(m["tasks"][t].get("metric")) for m in models for t in lo_tasks if t in m["tasks"]}
         )
-    if models:
-        chance = [100 * get(models[0], t, "chance") for t in tasks]
-        ax1.hlines(chance, x - 0.42, x + 0.42, colors="k", linestyles="dashed", linewidth=1, label="chance")
-    ax1.set_ylabel("score (%)")
-    ax1.set_title("Scores per task")
-    ax1.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        a.set_ylabel(" / ".join(metrics) or "value")
+        a.set_title("Lower is better (no chance level)")
+        a.set_xticks(x, lo_tasks, rotation=20, ha="right")
+        a.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    a = ax["recovery"]
+    x = np.arange(len(rec_cols))
     w2 = 0.8 / max(1, 2 * len(models))
     for i, m in enumerate(models):
         off = x - 0.4 + w2 / 2 + 2 * i * w2
-        bars = ax2.bar(
-            off,
-            [100 * get(m, t, "recovery") for t in tasks],
-            w2,
-            label=f"{m['model']} (plain)",
-            color=f"C{i}",
+        vals = [100 * get(m, t, "recovery") for t in rec_cols]
+        bars = a.bar(off, vals, w2, label=f"{m['model']} (plain)", color=f"C{i}")
+        a.bar_label(bars, labels=labels(vals), fontsize=7)
+        vals = [100 * get(m, t, "above_chance_recovery") for t in rec_cols]
+        bars = a.bar(
+            off + w2, vals, w2, hatch="//", color=f"C{i}", alpha=0.45, label=f"{m['model']} (above chance)"
         )
-        ax2.bar_label(bars, fmt="%.0f", fontsize=7)
-        bars = ax2.bar(
-            off + w2,
-            [100 * get(m, t, "above_chance_recovery") for t in tasks],
-            w2,
-            hatch="//",
-            color=f"C{i}",
-            alpha=0.45,
-            label=f"{m['model']} (above chance)",
-        )
-        ax2.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax2.axhline(100, color="k", linewidth=0.8)
-    ax2.set_ylabel("recovery (%)")
-    ax2.set_title(f"Recovery vs {table['baseline']}")
-    ax2.set_xticks(x, tasks, rotation=20, ha="right")
-    ax2.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        a.bar_label(bars, labels=labels(vals), fontsize=7)
+    a.axhline(100, color="k", linewidth=0.8)
+    a.set_ylabel("recovery (%)")
+    title = f"Recovery vs {table['baseline']}"
+    if lo_tasks:
+        title += " (↓ tasks: baseline / score; average = higher-is-better tasks)"
+    a.set_title(title)
+    a.set_xticks(x, rec_names, rotation=20, ha="right")
+    a.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,88 @@ def test_recovery_table_multi_model_and_files(tmp_path):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
 
 
+def test_higher_is_better_from_spec_row_or_metric():
+    assert ev.higher_is_better("sdd_arc_easy") and ev.higher_is_better("sdd_mmlu_anatomy")
+    assert not ev.higher_is_better("sdd_synth_ppl") and not ev.higher_is_better("sdd_wikitext")
+    assert not ev.higher_is_better("wikitext")  # stock lm-eval task
+    # rows of results written before the flag existed: derived from the metric name
+    assert not ev.higher_is_better({"metric": "bits_per_byte", "value": 1.0})
+    assert ev.higher_is_better({"metric": "acc", "value": 0.5})
+    assert ev.higher_is_better({"metric": "bits_per_byte", "higher_is_better": True})  # explicit flag wins
+
+
+def test_recovery_lower_is_better():
+    # bits per byte: baseline 1.0, pruned 1.25 -> plain recovery 0.8; no chance, no above-chance recovery
+    assert ev.recovery(1.25, 1.0, None, higher_is_better=False) == (pytest.approx(0.8), None)
+    assert ev.recovery(1.0, 1.0, 0.25, higher_is_better=False) == (pytest.approx(1.0), None)
+    assert ev.recovery(0.8, 1.0, None, higher_is_better=False)[0] == pytest.approx(
+        1.25
+    )  # better than baseline
+    assert ev.recovery(0.0, 1.0, None, higher_is_better=False) == (None, None)
+
+
+def _ppl_row(v: float, n: int = 20) -> dict:
+    return {"metric": "bits_per_byte", "value": v, "stderr": 0.02, "n": n, "shots": 0, "chance": None}
+
+
+def test_recovery_table_mixes_accuracy_and_bits_per_byte(tmp_path):
+    chance = {"a": 0.25, "b": 0.5}
+    base = _res("base", {"a": 0.5, "b": 0.7}, chance)
+    pruned = _res("pruned", {"a": 0.4, "b": 0.6}, chance)
+    base["tasks"]["sdd_synth_ppl"] = dict(_ppl_row(1.0), higher_is_better=False)
+    base["tasks"]["old_ppl"] = _ppl_row(2.0)  # no flag: derived from the metric
+    pruned["tasks"]["sdd_synth_ppl"] = dict(_ppl_row(1.6), higher_is_better=False)
+    pruned["tasks"]["old_ppl"] = _ppl_row(2.5)
+    table = ev.recovery_table(pruned, base)
+    m = table["models"][0]
+    ppl = m["tasks"]["sdd_synth_ppl"]
+    assert ppl["higher_is_better"] is False and m["tasks"]["old_ppl"]["higher_is_better"] is False
+    assert ppl["recovery"] == pytest.approx(1.0 / 1.6) and ppl["above_chance_recovery"] is None
+    assert ppl["chance"] is None
+    avg = m["average"]
+    # the accuracy average ignores the bits-per-byte tasks entirely
+    assert (
+        avg["n_tasks"] == 2 and avg["score"] == pytest.approx(0.5) and avg["baseline"] == pytest.approx(0.6)
+    )
+    assert avg["recovery"] == pytest.approx((0.8 + 0.6 / 0.7) / 2)
+    assert avg["above_chance_recovery"] == pytest.approx((0.6 + 0.5) / 2)
+    assert avg["n_lower_is_better"] == 2
+    assert avg["lower_is_better_recovery"] == pytest.approx((1 / 1.6 + 2.0 / 2.5) / 2)
+    paths = ev.write_recovery(table, tmp_path)
+    md = paths["md"].read_text()
+    assert "| sdd_synth_ppl | bits_per_byte ↓ | – | 1.000 | 1.600 | 62.5% | – |" in md
+    assert "| a | acc | 25.0% | 50.0% | 40.0% | 80.0% | 60.0% |" in md
+    assert "**average** (2 tasks)" in md and "**lower-is-better average** (2 tasks)" in md
+    assert "lower-is-better" in md and "baseline / score" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # only perplexity tasks: no accuracy average, a plot without the score panel
+    only = ev.recovery_table(
+        {"model": "p", "tasks": {"old_ppl": _ppl_row(2.5)}},
+        {"model": "b", "tasks": {"old_ppl": _ppl_row(2.0)}},
+    )
+    a = only["models"][0]["average"]
+    assert a["n_tasks"] == 0 and a["score"] is None and a["lower_is_better_recovery"] == pytest.approx(0.8)
+    paths = ev.write_recovery(only, tmp_path / "only")
+    assert "| **average**" not in paths["md"].read_text() and paths["png"].stat().st_size > 5000
+
+
+def test_wikitext_pages_split_at_top_level_headings(tmp_path, shared_data):
+    raw = tmp_path / "wiki.raw"
+    raw.write_bytes(
+        b" = First = \r\n Text one . \r\n = = Sub = = \r\n More . \r\n = Second = \r\n Two . \r\n"
+    )
+    assert ev.wikitext_pages(raw) == [
+        " = First = \n Text one . \n = = Sub = = \n More . \n",
+        " = Second = \n Two . \n",
+    ]
+    (tmp_path / "empty.raw").write_text("\r\n")
+    with pytest.raises(ValueError, match="empty.raw"):
+        ev.wikitext_pages(tmp_path / "empty.raw")
+    pages = ev.wikitext_pages(shared_data / "wikitext2" / "wiki.test.raw")
+    assert len(pages) == 62 and pages[0].startswith(" = Robert Boulter = \n")  # the 62 test articles
+    assert sum(p.count("\n") for p in pages) == 2891  # every non-empty line kept once
+
+
 # --------------------------------------------------------------------------------------------
 # data root, task rendering
 # --------------------------------------------------------------------------------------------
@@ -161,9 +243,14 @@ def test_prepare_tasks_renders_yaml_and_hf_schema(shared_data):
 
 def test_synth_tasks_need_no_data_root(tmp_path, monkeypatch):
     monkeypatch.setenv("SDD_DATA_ROOT", str(tmp_path / "does-not-exist"))
-    folder = ev.prepare_tasks(["sdd_synth_mc", "sdd_synth_math"])
+    folder = ev.prepare_tasks(["sdd_synth_mc", "sdd_synth_math", "sdd_synth_ppl"])
     rows = (folder / "data" / "synth_math.test.jsonl").read_text().splitlines()
     assert len(rows) == ev.SYNTH_TEST_ROWS and "####" in json.loads(rows[0])["answer"]
+    # the perplexity documents are the same held-out word problems, question + "\n" + answer
+    pages = (folder / "data" / "synth_ppl.test.jsonl").read_text().splitlines()
+    first = json.loads(rows[0])
+    assert len(pages) == len(rows)
+    assert json.loads(pages[0])["page"] == first["question"] + "\n" + first["answer"]
     mc = json.loads((folder / "data" / "synth_mc.test.jsonl").read_text().splitlines()[0])
     assert len(mc["choices"]) == 4 and 0 <= mc["label"] < 4
 
@@ -205,6 +292,27 @@ def test_evaluate_tiny_results_shape_and_cache(tiny_models, shared_data, tmp_pat
     # a different setting is a different cache entry
     other = ev.evaluate(model, ["sdd_synth_mc"], limit=2)
     assert other["tasks"]["sdd_synth_mc"]["cached"] is False and other["tasks"]["sdd_synth_mc"]["n"] == 2
+
+
+def test_evaluate_perplexity_tasks_tiny(tiny_models, shared_data, tmp_path):
+    model = tiny_models("llama", 2)
+    r = ev.evaluate(model, ["sdd_synth_ppl"], limit=4, out=tmp_path / "ppl", batch_size=4, use_cache=False)
+    res = r["tasks"]["sdd_synth_ppl"]
+    assert res["metric"] == "bits_per_byte" and res["higher_is_better"] is False and res["chance"] is None
+    assert res["n"] == 4 and len(res["per_item"]) == 4
+    assert res["value"] > 0 and res["stderr"] > 0
+    # corpus-level bits per byte is a byte-weighted mean of the per-document values
+    assert min(res["per_item"]) <= res["value"] <= max(res["per_item"])
+    m = res["metrics"]
+    assert m["byte_perplexity,none"] == pytest.approx(2 ** res["value"])
+    assert m["word_perplexity,none"] > m["byte_perplexity,none"]
+    md = (tmp_path / "ppl" / "eval_results.md").read_text()
+    assert (
+        f"| sdd_synth_ppl | bits_per_byte ↓ | 0 | 4 | {res['value']:.3f} |" in md and "lower is better" in md
+    )
+    w = ev.evaluate(model, ["sdd_wikitext"], limit=1, data_root=shared_data, use_cache=False)
+    wres = w["tasks"]["sdd_wikitext"]
+    assert wres["n"] == 1 and wres["value"] > 0 and wres["higher_is_better"] is False
 
 
 def test_evaluate_lora_adapter_and_chat_template(tiny_models, tmp_path):
@@ -323,3 +431,30 @@ def test_pruned_default_model_scores_lower(default_model, shared_data, tmp_path_
     assert avg["recovery"] < 1.0 and avg["above_chance_recovery"] < 1.0
     ev.write_recovery(table, out)
     assert (out / "recovery.png").is_file()
+
+
+#: docs of sdd_synth_ppl for the bits-per-byte check. Measured here (first 20 held-out word problems):
+#: unpruned @BASE@ bits/byte, 6 blocks pruned @PRUNED@ (at 100 docs: @B100@ vs @P100@).
+PPL_LIMIT = 20
+
+
+@pytest.mark.slow
+def test_pruned_default_model_has_higher_bits_per_byte(default_model):
+    from sdd_plugin.pruning import prune
+
+    pruned = prune(model="smollm2-135m-instruct", num_blocks=6).out_dir  # cached, shared with other tests
+    kw = dict(limit=PPL_LIMIT, batch_size=8)
+    base = ev.evaluate(default_model, ["sdd_synth_ppl"], **kw)["tasks"]["sdd_synth_ppl"]
+    cut = ev.evaluate(pruned, ["sdd_synth_ppl"], **kw)["tasks"]["sdd_synth_ppl"]
+    assert base["n"] == cut["n"] == PPL_LIMIT
+    # removing 6 of 30 blocks makes the model clearly worse at predicting held-out text
+    assert cut["value"] > base["value"] + 2 * (base["stderr"] + cut["stderr"]), (base, cut)
+    # per document too (same docs, paired): the pruned model is worse on most of them
+    worse = sum(c > b for b, c in zip(base["per_item"], cut["per_item"]))
+    assert worse >= 0.8 * PPL_LIMIT, (base["per_item"], cut["per_item"])
+    table = ev.recovery_table(
+        {"model": "pruned", "tasks": {"sdd_synth_ppl": cut}},
+        {"model": "base", "tasks": {"sdd_synth_ppl": base}},
+    )
+    rec = table["models"][0]["tasks"]["sdd_synth_ppl"]["recovery"]
+    assert rec == pytest.approx(base["value"] / cut["value"]) and rec < 1.0

@@ -1,12 +1,25 @@
 """Helpers referenced by the sdd_* lm-eval task YAMLs (``!function sdd_task_utils.<name>``).
 
 Copied next to the rendered YAMLs at run time; the bodies mirror lm-eval's stock truthfulqa and
-winogrande helpers so the sdd_* tasks score exactly like the stock ones.
+winogrande helpers so the sdd_* tasks score exactly like the stock ones. The perplexity tasks use
+lm-eval's own wikitext helpers (detokenizer, word/byte counts on the raw ``page``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from lm_eval.tasks.wikitext.preprocess_wikitext import process_results as _wikitext_process_results
+from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer  # noqa: F401 (YAML)
+
+
+def page(doc: dict) -> str:
+    """The document text scored by the rolling log-likelihood (no detokenization)."""
+    return doc["page"]
+
+
+def process_results_ppl(doc: dict, results: list) -> dict:
+    """(log-likelihood, #words / #bytes of the raw page) pairs, as lm-eval's stock wikitext task."""
+    return _wikitext_process_results(doc, results)
 
 
 def process_results_mc2(doc: dict, results: list) -> dict:
