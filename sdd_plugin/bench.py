@@ -596,7 +596,7 @@ def _pct(v: float | None) -> str:
 
 def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     """Write ``results.json``, ``recovery.{json,md,png}`` and ``REPORT.md`` into ``run_dir``."""
-    from .evaluate import plot_recovery, recovery_table
+    from .evaluate import format_score, higher_is_better, metric_label, plot_recovery, recovery_table
 
     evals = results["evals"]
     baseline = evals["baseline"]
@@ -620,17 +620,25 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
         "",
     ]
     tasks = table["tasks"]
-    lines.append("| model | " + " | ".join(tasks) + " | average | recovery | above-chance recovery |")
+    # lower-is-better tasks (bits per byte) print as plain numbers and stay out of the average
+    hib = {t: higher_is_better(dict(baseline["tasks"][t], task=t)) for t in tasks}
+
+    def _cell(v: float | None, t: str) -> str:
+        return _pct(v) if hib[t] else format_score(v, False)
+
+    heads = [t if hib[t] else f"{t} ({metric_label(baseline['tasks'][t].get('metric'), False)})" for t in tasks]
+    lines.append("| model | " + " | ".join(heads) + " | average | recovery | above-chance recovery |")
     lines.append("|---" * (len(tasks) + 4) + "|")
-    b_avg = sum(baseline["tasks"][t]["value"] for t in tasks) / max(1, len(tasks))
+    hi = [t for t in tasks if hib[t]]
+    b_avg = sum(baseline["tasks"][t]["value"] for t in hi) / len(hi) if hi else None
     lines.append(
-        "| baseline | " + " | ".join(_pct(baseline["tasks"][t]["value"]) for t in tasks) + f" | {_pct(b_avg)} | 100 | 100 |"
+        "| baseline | " + " | ".join(_cell(baseline["tasks"][t]["value"], t) for t in tasks) + f" | {_pct(b_avg)} | 100 | 100 |"
     )
     for m in table["models"]:
         avg = m["average"]
         lines.append(
             f"| {m['model']} | "
-            + " | ".join(_pct(m["tasks"].get(t, {}).get("score")) for t in tasks)
+            + " | ".join(_cell(m["tasks"].get(t, {}).get("score"), t) for t in tasks)
             + f" | {_pct(avg['score'])} | {_pct(avg['recovery'])} | {_pct(avg['above_chance_recovery'])} |"
         )
     shots = {t: baseline["tasks"][t].get("shots") for t in tasks}
@@ -638,7 +646,15 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     lines += [
         "",
         f"Items per task: {ns}; shots: {shots}. Scores in %, recovery vs the unpruned baseline "
-        "(plain = score / baseline; above-chance = (score − chance) / (baseline − chance)), averaged over tasks.",
+        "(plain = score / baseline; above-chance = (score − chance) / (baseline − chance)), averaged over tasks."
+        + (
+            " Tasks marked ↓ (bits per byte) are lower-is-better plain numbers, not %, and are not in the "
+            "average/recovery columns; their recovery (baseline / score): "
+            + ", ".join(f"{m['model']} {_pct(m['average'].get('lower_is_better_recovery'))}%" for m in table["models"])
+            + "."
+            if not all(hib.values())
+            else ""
+        ),
         "",
         "![recovery](recovery.png)",
         "",
