@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tasks", default=None, help="comma list, e.g. sdd_arc_easy,sdd_hellaswag or stock arc_easy"
     )
     parser.add_argument(
-        "--preset", default=None, help="task set: openllm (local), openllm-hub (stock), quick, synth"
+        "--preset",
+        default=None,
+        help="task set: openllm (local), openllm-hub (stock), quick, synth, ppl (bits per byte)",
     )
     parser.add_argument("--limit", type=float, default=None, help="docs per task (per subject for sdd_mmlu)")
     parser.add_argument("--shots", default=None, help="few-shot override: K for all, or task=k,task=k")
@@ -70,12 +72,14 @@ def _as_results(x: str):
 
 
 def _print_table(report: dict) -> None:
-    from ..evaluate import _pct
+    from ..evaluate import format_score, higher_is_better, metric_label
 
     print(f"{report['model']}:")
     for t, r in report["tasks"].items():
+        hib = higher_is_better(dict(r, task=t))  # bits per byte: a plain number, lower is better
         print(
-            f"  {t:<22} {r['metric']:<12} {_pct(r['value']):>7} ± {_pct(r['stderr'])}  (n={r['n']}, shots={r['shots']})"
+            f"  {t:<22} {metric_label(r['metric'], hib):<12} {format_score(r['value'], hib):>7} ± "
+            f"{format_score(r['stderr'], hib)}  (n={r['n']}, shots={r['shots']})"
         )
 
 
