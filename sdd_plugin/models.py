@@ -123,7 +123,7 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
 def load_model(name_or_path: str | os.PathLike | None = None, dtype: str = "float32", **kwargs):
     """Load ``(model, tokenizer)`` from a resolved name, safetensors only, no remote code."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = resolve_model(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(

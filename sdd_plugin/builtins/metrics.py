@@ -8,8 +8,10 @@ per batch scores every span length ``n`` at once.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported lazily: listing plugins must stay cheap
+    import torch
 
 from ..hookspecs import hookimpl
 
@@ -20,6 +22,8 @@ def contiguous_argmin(table: torch.Tensor, n: int) -> list[int]:
     ``table`` is the ``[L+1, L+1]`` averaged distance table; ``table[l, l+n]`` compares the input of
     block ``l`` with the input of block ``l+n`` (index ``L`` = output of the last block).
     """
+    import torch
+
     size = int(table.shape[0])
     num_layers = size - 1
     if not 0 < n < num_layers:
@@ -38,6 +42,8 @@ def _token_cosines(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     samples of each sample's token mean. One batched float32 matmul on a view of the states (no
     copies; the forward pass dominates); the diagonal is exactly 1.
     """
+    import torch
+
     num_states, batch, seq, hidden = states.shape
     x = states.to(torch.float32).permute(1, 2, 0, 3).reshape(batch * seq, num_states, hidden)
     gram = torch.bmm(x, x.transpose(1, 2))
@@ -51,6 +57,8 @@ def _token_cosines(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
 
 def _weighted_sum(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``sum_n weight[n] * values[n]`` in float64 -> ``[L+1, L+1]``."""
+    import torch
+
     values = values.to(torch.float64)
     values[weight == 0] = 0.0  # padding positions never contribute (not even a NaN)
     return torch.einsum("nij,n->ij", values, weight)
@@ -65,6 +73,8 @@ class AngularDistance:
 
     def pair_sums(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Sum over samples of the token-averaged angular distance for every pair of block inputs."""
+        import torch
+
         cos, weight = _token_cosines(states, mask)
         return _weighted_sum(torch.arccos(cos) / math.pi, weight)
 
@@ -94,6 +104,8 @@ class BlockInfluence:
 
     def select(self, table: torch.Tensor, n: int) -> list[int]:
         """The ``n`` blocks with the lowest BI (ties: earlier block first), sorted."""
+        import torch
+
         num_layers = int(table.shape[0]) - 1
         if not 0 < n < num_layers:
             raise ValueError(f"num_blocks n={n} must satisfy 0 < n < {num_layers} (the number of blocks)")
