@@ -164,6 +164,8 @@ def explicit_answers(text: str) -> list[str]:
             continue  # "The answer is \boxed{5}": the box is already counted
         # only the sentence right after the marker: "The answer is 18. She also ..." -> 18
         span = re.split(r"(?<=[^\d\s])\.(?:\s|$)|\.\s", span, maxsplit=1)[0]
+        if "=" in span:  # "The answer is 10 + 13 = 23" -> the result after the last "="
+            span = span.rsplit("=", 1)[1]
         num = _first_number(span)
         if num is not None:
             found.append((m.start(), normalize_answer(num)))

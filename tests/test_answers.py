@@ -31,6 +31,7 @@ MATH = MathChecker()
         ("\\boxed{\\frac{3}{4}}", ["0.75"]),
         ("The final answer is $\\boxed{12}$.", ["12"]),
         ("The answer is 18 dollars. She also buys 3 apples.", ["18"]),
+        ("The answer is 10 + 13 = 23.", ["23"]),
         ("She has 10 - 4 = 6 apples left", ["6"]),  # no marker: the last number
         ("It takes 2/3 of an hour", ["2/3"]),
         ("50% of them, so 25 cats.\n#### 25", ["25"]),
