@@ -425,35 +425,36 @@ def run_recovery(
     base_key = {"model": preset.model}
     evals: dict[str, dict] = {"baseline": eval_stage("baseline", lambda: base_path, base_key)}
 
-    # 2. prune (same arguments as the axolotl plugin -> same content-addressed cache folder)
-    prune_inputs = {
-        "model": preset.model,
-        "n": preset.num_blocks,
-        "metric": preset.metric,
-        "calibration": preset.calibration,
-        "samples": preset.calibration_samples,
-    }
+    # 2. prune: the same call the axolotl plugin makes. prune() is content-addressed (model, settings,
+    # calibration content, code version), so it is reused when nothing changed, and its folder name
+    # keys every downstream stage: a changed pruning recomputes everything that depends on it.
+    from .pruning import prune
+
+    echo("[prune] scoring and pruning (reused when cached) ...")
+    t_prune = time.time()
+    pruned = prune(
+        base_path,
+        num_blocks=preset.num_blocks,
+        metric=preset.metric,
+        calibration=calibration,
+        num_samples=preset.calibration_samples,
+    )
+    prune_seconds = round(time.time() - t_prune, 1)
+    prune_inputs = {"pruned_model": Path(pruned.out_dir).name}
 
     def do_prune(folder: Path) -> dict:
-        from .pruning import prune
-
-        res = prune(
-            base_path,
-            num_blocks=preset.num_blocks,
-            metric=preset.metric,
-            calibration=calibration,
-            num_samples=preset.calibration_samples,
-        )
         for name in ("sdd_prune.json", "heatmap.png", "README.md"):
-            if (Path(res.out_dir) / name).is_file():
-                shutil.copy(Path(res.out_dir) / name, folder / name)
+            if (Path(pruned.out_dir) / name).is_file():
+                shutil.copy(Path(pruned.out_dir) / name, folder / name)
         return {
-            "pruned_model": str(res.out_dir),
-            "removed_blocks": list(res.removed_blocks),
-            "num_layers_before": res.num_layers_before,
-            "num_layers_after": res.num_layers_after,
-            "params_before": res.params_before,
-            "params_after": res.params_after,
+            "pruned_model": str(pruned.out_dir),
+            "reused": bool(pruned.reused),
+            "prune_seconds": prune_seconds,
+            "removed_blocks": list(pruned.removed_blocks),
+            "num_layers_before": pruned.num_layers_before,
+            "num_layers_after": pruned.num_layers_after,
+            "params_before": pruned.params_before,
+            "params_after": pruned.params_after,
         }
 
     prune_meta = stages.run("prune", prune_inputs, do_prune)
