@@ -434,7 +434,7 @@ def test_pruned_default_model_scores_lower(default_model, shared_data, tmp_path_
 
 
 #: docs of sdd_synth_ppl for the bits-per-byte check. Measured here (first 20 held-out word problems):
-#: unpruned @BASE@ bits/byte, 6 blocks pruned @PRUNED@ (at 100 docs: @B100@ vs @P100@).
+#: unpruned 1.001 ± 0.034 bits/byte, 6 blocks pruned 1.721 ± 0.039 (at 100 docs: 1.057 vs 1.754).
 PPL_LIMIT = 20
 
 
