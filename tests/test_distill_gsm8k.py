@@ -24,13 +24,13 @@ def test_distill_gsm8k_with_the_default_model(tmp_path, shared_data, default_mod
         limit=N_ROWS,
         settings=GenerationSettings(max_new_tokens=160, batch_size=16),
         cache_dir=tmp_path / "cache",
+        measure_nll=False,  # covered on a tiny model (test_distill.py); halves this test's time
     )
     report = res.report
     assert report["rows"] == N_ROWS and report["template"] == "math" and report["checker"] == "math"
     assert report["accepted"] + sum(report["fallbacks"].values()) == N_ROWS
     assert 0.0 <= report["acceptance_rate"] <= 1.0
     assert report["accepted"] >= 1, report["fallbacks"]
-    assert report["nll_original"] > 0 and report["nll_distilled"] > 0
 
     originals = [json.loads(line) for line in data.read_text().splitlines()[:N_ROWS]]
     out = [json.loads(line) for line in res.output_path.read_text().splitlines()]
