@@ -1219,7 +1219,9 @@ def plot_recovery(table: dict, path: str | os.PathLike) -> Path:
     def value_bars(a, cols: list[str], scale: float) -> np.ndarray:
         x = np.arange(len(cols))
         base = [scale * get(models[0], t, "baseline") for t in cols] if models else [math.nan] * len(cols)
-        a.bar(x - 0.4 + w / 2, base, w, label=f"baseline: {table['baseline']}", color="0.55")
+        bars = a.bar(x - 0.4 + w / 2, base, w, label=f"baseline: {table['baseline']}", color="0.55")
+        if scale == 1.0:  # raw values (bits per byte): print them
+            a.bar_label(bars, fmt="%.3f", fontsize=7)
         for i, m in enumerate(models, 1):
             vals = [scale * get(m, t, "score") for t in cols]
             bars = a.bar(x - 0.4 + w / 2 + i * w, vals, w, label=m["model"], color=f"C{i - 1}")
@@ -1245,6 +1247,7 @@ def plot_recovery(table: dict, path: str | os.PathLike) -> Path:
         )
         a.set_ylabel(" / ".join(metrics) or "value")
         a.set_title("Lower is better (no chance level)")
+        a.margins(y=0.12)  # room for the value labels
         a.set_xticks(x, lo_tasks, rotation=20, ha="right")
         a.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     a = ax["recovery"]
@@ -1256,6 +1259,8 @@ def plot_recovery(table: dict, path: str | os.PathLike) -> Path:
         bars = a.bar(off, vals, w2, label=f"{m['model']} (plain)", color=f"C{i}")
         a.bar_label(bars, labels=labels(vals), fontsize=7)
         vals = [100 * get(m, t, "above_chance_recovery") for t in rec_cols]
+        if all(math.isnan(v) for v in vals):  # only lower-is-better tasks: no above-chance bars
+            continue
         bars = a.bar(
             off + w2, vals, w2, hatch="//", color=f"C{i}", alpha=0.45, label=f"{m['model']} (above chance)"
         )
@@ -1264,7 +1269,7 @@ def plot_recovery(table: dict, path: str | os.PathLike) -> Path:
     a.set_ylabel("recovery (%)")
     title = f"Recovery vs {table['baseline']}"
     if lo_tasks:
-        title += " (↓ tasks: baseline / score; average = higher-is-better tasks)"
+        title += "\n(↓ tasks: baseline / score; average = higher-is-better tasks)"
     a.set_title(title)
     a.set_xticks(x, rec_names, rotation=20, ha="right")
     a.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
