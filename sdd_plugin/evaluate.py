@@ -717,11 +717,41 @@ def _clean(v: Any) -> Any:
     return v
 
 
+#: rolling (perplexity) windows are up to the model's max length (8192 for the default model) and
+#: lm-eval keeps the float32 log-softmax of a whole batch: cap a batch at this many window tokens
+ROLLING_TOKENS_PER_BATCH = 8192
+
+
+def rolling_batch_size(batch_size: int | str, max_length: int) -> int | str:
+    """Batch size for a perplexity task: ``batch_size`` capped so batch × max_length ≤ the budget.
+
+    One 8192-token window of a 49k-vocab model already needs ~3 GB of logits; batch 8 would need ~26.
+    """
+    if not isinstance(batch_size, int):
+        return batch_size  # "auto": lm-eval measures it
+    return max(1, min(batch_size, ROLLING_TOKENS_PER_BATCH // max(1, int(max_length))))
+
+
 def _eval_one(lm, task: str, tm, limit, shots, apply_chat_template, fewshot_as_multiturn, seed) -> dict:
     import lm_eval
 
     t0 = time.perf_counter()
-    res = lm_eval.simple_evaluate(
+    saved_bs = getattr(lm, "batch_size_per_gpu", None)
+    if not higher_is_better(task) and saved_bs is not None:
+        lm.batch_size_per_gpu = rolling_batch_size(saved_bs, lm.max_length)
+    try:
+        res = _simple_evaluate(
+            lm_eval, lm, task, tm, limit, shots, apply_chat_template, fewshot_as_multiturn, seed
+        )
+    finally:
+        if saved_bs is not None:
+            lm.batch_size_per_gpu = saved_bs
+    seconds = time.perf_counter() - t0
+    return _summarise(task, res, shots, seconds)
+
+
+def _simple_evaluate(lm_eval, lm, task, tm, limit, shots, apply_chat_template, fewshot_as_multiturn, seed):
+    return lm_eval.simple_evaluate(
         model=lm,
         tasks=[task],
         num_fewshot=shots,
@@ -736,7 +766,9 @@ def _eval_one(lm, task: str, tm, limit, shots, apply_chat_template, fewshot_as_m
         torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
-    seconds = time.perf_counter() - t0
+
+
+def _summarise(task: str, res: dict, shots, seconds: float) -> dict:
     top = res["results"].get(task)
     if top is None:
         raise RuntimeError(f"lm-eval returned no results for {task}: {sorted(res['results'])}")

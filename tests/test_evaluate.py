@@ -458,3 +458,11 @@ def test_pruned_default_model_has_higher_bits_per_byte(default_model):
     )
     rec = table["models"][0]["tasks"]["sdd_synth_ppl"]["recovery"]
     assert rec == pytest.approx(base["value"] / cut["value"]) and rec < 1.0
+
+
+def test_rolling_batch_size_caps_long_windows():
+    # an 8192-token window of a 49k-vocab model is ~3 GB of float32 log-probs: one per batch
+    assert ev.rolling_batch_size(8, 8192) == 1
+    assert ev.rolling_batch_size(8, 2048) == 4
+    assert ev.rolling_batch_size(8, 512) == 8  # short windows keep the requested batch
+    assert ev.rolling_batch_size("auto", 8192) == "auto"
