@@ -153,7 +153,10 @@ def _preset_demo() -> Preset:
         ],
         max_steps=6,
         distill_max_new_tokens=128,
-        eval_tasks=["sdd_synth_ppl", "sdd_synth_mc"],  # bits per byte separates pruned from unpruned; mc is at chance
+        eval_tasks=[
+            "sdd_synth_ppl",
+            "sdd_synth_mc",
+        ],  # bits per byte separates pruned from unpruned; mc is at chance
         eval_limit=50,  # measured (2 threads, load ~2): 16 s for sdd_synth_ppl + 17 s for sdd_synth_mc per model
         merge=False,
         specdec_prompts=4,
@@ -521,12 +524,18 @@ def run_recovery(
                 ),
             }
 
-            def do_train(folder: Path, ts: TrainSet = ts, mode: str = mode, data_file: Path = data_file) -> dict:
+            def do_train(
+                folder: Path, ts: TrainSet = ts, mode: str = mode, data_file: Path = data_file
+            ) -> dict:
                 recipe = recipe_for(preset, ts, data_file, folder, distill=(mode == "sdd"))
                 adapter = axolotl_train(recipe, folder)
                 manifest = adapter / "sdd_run.json"
                 info = json.loads(manifest.read_text()) if manifest.is_file() else {}
-                return {"adapter": str(adapter), "plugin": info.get("prune", {}), "distill": info.get("distill")}
+                return {
+                    "adapter": str(adapter),
+                    "plugin": info.get("prune", {}),
+                    "distill": info.get("distill"),
+                }
 
             meta = stages.run(f"train-{label}", train_inputs, do_train)
             adapters[label] = meta["summary"]["adapter"]
@@ -540,7 +549,9 @@ def run_recovery(
         def do_merge(folder: Path) -> dict:
             from .merge import merge_models
 
-            out = merge_models([adapters[x] for x in sdd_labels[:2]], method="slerp", t=0.5, out=folder / "model")
+            out = merge_models(
+                [adapters[x] for x in sdd_labels[:2]], method="slerp", t=0.5, out=folder / "model"
+            )
             return {"model": str(out)}
 
         merged = stages.run("merge-sdd", merge_inputs, do_merge)["summary"]["model"]
@@ -627,13 +638,17 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     def _cell(v: float | None, t: str) -> str:
         return _pct(v) if hib[t] else format_score(v, False)
 
-    heads = [t if hib[t] else f"{t} ({metric_label(baseline['tasks'][t].get('metric'), False)})" for t in tasks]
+    heads = [
+        t if hib[t] else f"{t} ({metric_label(baseline['tasks'][t].get('metric'), False)})" for t in tasks
+    ]
     lines.append("| model | " + " | ".join(heads) + " | average | recovery | above-chance recovery |")
     lines.append("|---" * (len(tasks) + 4) + "|")
     hi = [t for t in tasks if hib[t]]
     b_avg = sum(baseline["tasks"][t]["value"] for t in hi) / len(hi) if hi else None
     lines.append(
-        "| baseline | " + " | ".join(_cell(baseline["tasks"][t]["value"], t) for t in tasks) + f" | {_pct(b_avg)} | 100 | 100 |"
+        "| baseline | "
+        + " | ".join(_cell(baseline["tasks"][t]["value"], t) for t in tasks)
+        + f" | {_pct(b_avg)} | 100 | 100 |"
     )
     for m in table["models"]:
         avg = m["average"]
@@ -651,7 +666,9 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
         + (
             " Tasks marked ↓ (bits per byte) are lower-is-better plain numbers, not %, and are not in the "
             "average/recovery columns; their recovery (baseline / score): "
-            + ", ".join(f"{m['model']} {_pct(m['average'].get('lower_is_better_recovery'))}%" for m in table["models"])
+            + ", ".join(
+                f"{m['model']} {_pct(m['average'].get('lower_is_better_recovery'))}%" for m in table["models"]
+            )
             + "."
             if not all(hib.values())
             else ""
@@ -664,17 +681,42 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     gaps = []
     for ts in preset["train_sets"]:
         sft, sdd = by.get(f"sft-{ts['name']}"), by.get(f"sdd-{ts['name']}")
-        if sft and sdd and sft["above_chance_recovery"] is not None and sdd["above_chance_recovery"] is not None:
+        if (
+            sft
+            and sdd
+            and sft["above_chance_recovery"] is not None
+            and sdd["above_chance_recovery"] is not None
+        ):
             gap = 100 * (sdd["above_chance_recovery"] - sft["above_chance_recovery"])
             gaps.append(gap)
             lines.append(f"- **{ts['name']}**: SDD − SFT above-chance recovery = {gap:+.1f} points.")
+        if (
+            sft
+            and sdd
+            and sft.get("lower_is_better_recovery") is not None
+            and sdd.get("lower_is_better_recovery") is not None
+        ):
+            lgap = 100 * (sdd["lower_is_better_recovery"] - sft["lower_is_better_recovery"])
+            lines.append(
+                f"- **{ts['name']}**: SDD − SFT recovery on the ↓ (bits-per-byte) tasks = {lgap:+.1f} points."
+            )
     if gaps:
         mean_gap = sum(gaps) / len(gaps)
         verdict = "meets" if mean_gap >= 10 else f"misses by {10 - mean_gap:.1f} points"
         lines.append(f"- Mean SDD − SFT gap {mean_gap:+.1f} points: {verdict} the +10-point target.")
-    lines += ["", "## Distillation", "", "| set | rows | accepted % | fallbacks | teacher NLL original → distilled | tokens/s |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Distillation",
+        "",
+        "| set | rows | accepted % | fallbacks | teacher NLL original → distilled | tokens/s |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, d in results["distill"].items():
-        nll = f"{d.get('nll_original', float('nan')):.3f} → {d.get('nll_distilled', float('nan')):.3f}" if d.get("nll_original") is not None else "–"
+        nll = (
+            f"{d.get('nll_original', float('nan')):.3f} → {d.get('nll_distilled', float('nan')):.3f}"
+            if d.get("nll_original") is not None
+            else "–"
+        )
         lines.append(
             f"| {name} | {d.get('rows')} | {_pct(d.get('acceptance_rate'))} | {d.get('fallbacks')} | {nll} | "
             f"{d.get('tokens_per_s', 0):.1f} |"
@@ -686,7 +728,12 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
         "",
     ]
     if results["specdec"]:
-        lines += ["## Speculative decoding (target: unpruned model)", "", "| draft | acceptance rate | tokens per target step | speedup | identical greedy outputs |", "|---|---|---|---|---|"]
+        lines += [
+            "## Speculative decoding (target: unpruned model)",
+            "",
+            "| draft | acceptance rate | tokens per target step | speedup | identical greedy outputs |",
+            "|---|---|---|---|---|",
+        ]
         for label, s in results["specdec"].items():
             lines.append(
                 f"| {label} | {_pct(s.get('acceptance_rate'))} | {s.get('tokens_per_step') or float('nan'):.2f} | "

@@ -151,7 +151,7 @@ def _load(path: Path) -> Any:
 
 
 def _eval_lines(data: dict) -> list[str]:
-    from .evaluate import _pct
+    from .evaluate import _pct, format_score, higher_is_better, metric_label
 
     s = data.get("settings", {})
     lines = [
@@ -162,9 +162,10 @@ def _eval_lines(data: dict) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for t, r in (data.get("tasks") or {}).items():
+        hib = higher_is_better(dict(r, task=t))
         lines.append(
-            f"| {t} | {r.get('metric')} | {r.get('shots')} | {r.get('n')} | {_pct(r.get('value'))} | "
-            f"{_pct(r.get('stderr'))} | {_pct(r.get('chance'))} |"
+            f"| {t} | {metric_label(r.get('metric'), hib)} | {r.get('shots')} | {r.get('n')} | "
+            f"{format_score(r.get('value'), hib)} | {format_score(r.get('stderr'), hib)} | {_pct(r.get('chance'))} |"
         )
     return lines
 

@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("which", choices=["recovery"], help="which benchmark")
     parser.add_argument("--preset", default="quick", help="demo | quick (≈45 min) | full (hours, resumable)")
     parser.add_argument("--run-dir", default=None, help="output folder (default runs/recovery-<preset>)")
-    parser.add_argument("--data-root", default=None, help="folder of the real datasets (default ../shared/data)")
+    parser.add_argument(
+        "--data-root", default=None, help="folder of the real datasets (default ../shared/data)"
+    )
     parser.add_argument(
         "--set",
         action="append",
