@@ -296,8 +296,18 @@ def _write_jsonl(rows: list[dict], path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def recipe_for(preset: Preset, ts: TrainSet, data_file: Path, output_dir: Path, distill: bool) -> dict:
-    """The CPU recipe with this run's data and settings; SFT and SDD differ only in ``sdd_distill``."""
+def recipe_for(
+    preset: Preset,
+    ts: TrainSet,
+    data_file: Path,
+    output_dir: Path,
+    distill: bool,
+    calibration: str | None = None,
+) -> dict:
+    """The CPU recipe with this run's data and settings; SFT and SDD differ only in ``sdd_distill``.
+
+    ``calibration`` is the resolved calibration source (the preset's may be relative to the data root).
+    """
     if not RECIPE.is_file():
         raise FileNotFoundError(f"{RECIPE} not found (the benchmark runs from a source checkout)")
     recipe = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
@@ -306,7 +316,7 @@ def recipe_for(preset: Preset, ts: TrainSet, data_file: Path, output_dir: Path, 
         sdd_prune=True,
         sdd_prune_num_blocks=preset.num_blocks,
         sdd_prune_metric=preset.metric,
-        sdd_prune_calibration=preset.calibration,
+        sdd_prune_calibration=calibration,
         sdd_prune_calibration_limit=preset.calibration_samples,
         sdd_prune_start=None,
         sdd_distill=distill,
@@ -527,7 +537,9 @@ def run_recovery(
             def do_train(
                 folder: Path, ts: TrainSet = ts, mode: str = mode, data_file: Path = data_file
             ) -> dict:
-                recipe = recipe_for(preset, ts, data_file, folder, distill=(mode == "sdd"))
+                recipe = recipe_for(
+                    preset, ts, data_file, folder, distill=(mode == "sdd"), calibration=calibration
+                )
                 adapter = axolotl_train(recipe, folder)
                 manifest = adapter / "sdd_run.json"
                 info = json.loads(manifest.read_text()) if manifest.is_file() else {}
