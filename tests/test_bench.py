@@ -1,0 +1,111 @@
+"""The recovery benchmark's plumbing: presets, resumable stages, the recipe it trains with."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdd_plugin import bench
+
+
+def test_presets_validate_and_reject_unknown_settings():
+    quick = bench.get_preset("quick")
+    full = bench.get_preset("full")
+    assert full.train_sets[0].rows >= 1000 and full.epochs >= 2  # sized to show the effect
+    assert {ts.template for ts in quick.train_sets} == {"math", "general"}
+    assert bench.get_preset("quick", eval_limit=7).eval_limit == 7
+    with pytest.raises(ValueError, match="eval_limt"):
+        bench.get_preset("quick", eval_limt=7)
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        bench.get_preset("fast")
+
+
+def test_stages_run_once_per_inputs_and_resume_after_a_failure(tmp_path):
+    stages = bench.Stages(tmp_path, echo=lambda _: None)
+    calls = []
+
+    def work(folder):
+        calls.append(folder.name)
+        (folder / "out.txt").write_text("x")
+        return {"n": len(calls)}
+
+    assert stages.run("a", {"k": 1}, work)["summary"] == {"n": 1}
+    assert stages.run("a", {"k": 1}, work)["cached"] is True
+    assert len(calls) == 1
+    # a changed setting recomputes only that stage
+    assert stages.run("a", {"k": 2}, work)["summary"] == {"n": 2}
+
+    def boom(folder):
+        (folder / "partial.txt").write_text("half")
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError):
+        stages.run("b", {"k": 1}, boom)
+    assert not (stages.folder("b") / bench.STAGE_FILE).exists()  # unfinished: not taken as done
+    meta = bench.Stages(tmp_path, echo=lambda _: None).run("b", {"k": 1}, work)
+    assert meta["cached"] is False and not (stages.folder("b") / "partial.txt").exists()
+
+
+def test_sft_and_sdd_recipes_differ_only_in_the_distill_switch(tmp_path):
+    from sdd_plugin.axolotl.args import parse_sdd_args
+
+    preset = bench.get_preset("demo")
+    ts = preset.train_sets[0]
+    data = tmp_path / "d.jsonl"
+    sft = bench.recipe_for(preset, ts, data, tmp_path / "o", distill=False, calibration="/x/cal.txt")
+    sdd = bench.recipe_for(preset, ts, data, tmp_path / "o", distill=True, calibration="/x/cal.txt")
+    assert {k for k in sft if sft[k] != sdd.get(k)} == {"sdd_distill"}
+    args = parse_sdd_args(sdd)  # a valid recipe for the plugin
+    assert args.sdd_distill and args.sdd_prune_calibration == "/x/cal.txt"
+    assert sdd["bf16"] is False and sdd["sample_packing"] is False
+    assert sdd["datasets"] == [{"path": str(data), "type": "chat_template"}]
+
+
+def test_training_rows_are_chat_messages_with_cleaned_originals():
+    ts = bench.TrainSet(name="w", source="synthetic", format="gsm8k", template="math", rows=5)
+    rows = bench.training_rows(ts, None)
+    assert len(rows) == 5
+    for row in rows:
+        user, assistant = row["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert "<<" not in assistant["content"] and "####" in assistant["content"]
+
+
+def _res(label, value, bpb):
+    return {
+        "model": label,
+        "tasks": {
+            "sdd_synth_mc": {"metric": "acc", "value": value, "n": 10, "shots": 0, "chance": 0.25},
+            "sdd_synth_ppl": {
+                "metric": "bits_per_byte",
+                "value": bpb,
+                "n": 10,
+                "shots": 0,
+                "chance": None,
+                "higher_is_better": False,
+            },
+        },
+    }
+
+
+def test_report_states_the_sdd_minus_sft_gap(tmp_path):
+    preset = bench.get_preset("demo").model_dump()
+    results = {
+        "preset": preset,
+        "evals": {
+            "baseline": _res("baseline", 0.65, 1.0),
+            "pruned": _res("pruned", 0.45, 1.7),
+            "sft-wordproblems": _res("sft", 0.50, 1.3),
+            "sdd-wordproblems": _res("sdd", 0.55, 1.2),
+        },
+        "prune": {"removed_blocks": [13, 14], "num_layers_before": 30, "num_layers_after": 28},
+        "distill": {"wordproblems": {"rows": 4, "acceptance_rate": 0.5, "fallbacks": {"truncated": 2}}},
+        "specdec": {},
+        "stages": {"prune": {"seconds": 1.0, "cached": False}},
+        "wall_seconds": 2.0,
+    }
+    path = bench.write_recovery_report(results, tmp_path)
+    text = path.read_text()
+    # above-chance recovery: SFT (0.50-0.25)/(0.65-0.25)=62.5%, SDD 75.0% -> +12.5 points
+    assert "SDD − SFT above-chance recovery = +12.5 points" in text
+    assert "meets" in text
+    assert (tmp_path / "recovery.png").stat().st_size > 0 and (tmp_path / "results.json").is_file()
