@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from .cache import stable_hash, write_json_atomic, write_text_atomic
 
@@ -80,12 +80,22 @@ class Preset(BaseModel):
     # evaluation
     eval_tasks: list[str]
     eval_limit: int | None = None
+    #: per-task limits overriding eval_limit (for sdd_mmlu it is per subject: 57 subjects)
+    eval_task_limits: dict[str, int] = Field(default_factory=dict)
     eval_shots: dict[str, int] = Field(default_factory=dict)
     eval_batch_size: int = 8
     # speculative decoding
     specdec_prompts: int = 8
     specdec_max_new_tokens: int = 48
     merge: bool = True
+
+    @model_validator(mode="after")
+    def _limits_name_evaluated_tasks(self) -> Preset:
+        for key in ("eval_task_limits", "eval_shots"):
+            extra = sorted(set(getattr(self, key)) - set(self.eval_tasks))
+            if extra:
+                raise ValueError(f"{key} names task(s) not in eval_tasks: {', '.join(extra)}")
+        return self
 
 
 def _preset_quick() -> Preset:
@@ -113,7 +123,9 @@ def _preset_quick() -> Preset:
             "sdd_mmlu",
             "sdd_gsm8k",
         ],
-        eval_limit=40,
+        eval_limit=30,
+        # MMLU's limit is per subject (57 subjects); generative GSM8K is slow on CPU
+        eval_task_limits={"sdd_mmlu": 2, "sdd_gsm8k": 10},
         eval_shots={
             "sdd_arc_challenge": 0,
             "sdd_hellaswag": 0,
@@ -136,6 +148,7 @@ def _preset_full() -> Preset:
             "epochs": 2,
             "distill_max_new_tokens": 256,
             "eval_limit": 300,
+            "eval_task_limits": {"sdd_mmlu": 10, "sdd_gsm8k": 200},
             "eval_shots": {"sdd_arc_challenge": 0, "sdd_hellaswag": 0, "sdd_gsm8k": 0},
             "specdec_prompts": 16,
             "specdec_max_new_tokens": 64,
@@ -406,6 +419,7 @@ def run_recovery(
     eval_common = {
         "tasks": preset.eval_tasks,
         "limit": preset.eval_limit,
+        "task_limits": preset.eval_task_limits,
         "shots": preset.eval_shots,
         "data_root": str(root) if root else None,
     }
@@ -414,15 +428,26 @@ def run_recovery(
         from .evaluate import evaluate
 
         def fn(folder: Path) -> dict:
-            res = evaluate(
-                model_fn(),
-                preset.eval_tasks,
-                limit=preset.eval_limit,
-                num_fewshot={t: k for t, k in preset.eval_shots.items() if t in preset.eval_tasks} or None,
-                batch_size=preset.eval_batch_size,
-                data_root=root,
-                out=folder,
-            )
+            # one lm-eval call per distinct limit; results are cached per task inside evaluate()
+            groups: dict[int | None, list[str]] = {}
+            for t in preset.eval_tasks:
+                groups.setdefault(preset.eval_task_limits.get(t, preset.eval_limit), []).append(t)
+            res: dict = {}
+            for i, (limit, tasks) in enumerate(groups.items()):
+                part = evaluate(
+                    model_fn(),
+                    tasks,
+                    limit=limit,
+                    num_fewshot={t: k for t, k in preset.eval_shots.items() if t in tasks} or None,
+                    batch_size=preset.eval_batch_size,
+                    data_root=root,
+                    out=folder / f"part{i}",
+                )
+                if not res:
+                    res = part
+                else:
+                    res["tasks"].update(part["tasks"])
+            res["limit"] = {t: preset.eval_task_limits.get(t, preset.eval_limit) for t in preset.eval_tasks}
             res["label"] = label
             write_json_atomic(folder / "eval_results.json", res)
             return {"label": label}

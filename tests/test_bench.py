@@ -109,3 +109,10 @@ def test_report_states_the_sdd_minus_sft_gap(tmp_path):
     assert "SDD − SFT above-chance recovery = +12.5 points" in text
     assert "meets" in text
     assert (tmp_path / "recovery.png").stat().st_size > 0 and (tmp_path / "results.json").is_file()
+
+
+def test_per_task_limits_must_name_evaluated_tasks():
+    quick = bench.get_preset("quick")
+    assert quick.eval_task_limits["sdd_mmlu"] < quick.eval_limit  # MMLU's limit is per subject
+    with pytest.raises(ValueError, match="eval_task_limits names task"):
+        bench.get_preset("demo", eval_task_limits={"sdd_mmlu": 2})
