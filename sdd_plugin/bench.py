@@ -686,7 +686,7 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     lines.append(
         "| baseline | "
         + " | ".join(_cell(baseline["tasks"][t]["value"], t) for t in tasks)
-        + f" | {_pct(b_avg)} | 100 | 100 |"
+        + (f" | {_pct(b_avg)} | 100 | 100 |" if hi else " | – | – | – |")
     )
     for m in table["models"]:
         avg = m["average"]
