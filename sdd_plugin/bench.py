@@ -20,7 +20,6 @@ also resume at row / task granularity through their own caches.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -251,24 +250,9 @@ class Stages:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_rows(path: Path, limit: int) -> list[dict]:
-    if path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        return rows[:limit]
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-            if len(rows) >= limit:
-                break
-    return rows
-
-
 def training_rows(ts: TrainSet, data_root: Path | None) -> list[dict]:
     """The first ``ts.rows`` rows of a set in chat ``messages`` layout (axolotl ``chat_template``)."""
-    from .formats import read_examples
+    from .formats import load_rows, read_examples
 
     if ts.source == "synthetic":
         from .synthetic import word_problems
@@ -280,7 +264,7 @@ def training_rows(ts: TrainSet, data_root: Path | None) -> list[dict]:
         path = data_root / ts.source
         if not path.is_file():
             raise FileNotFoundError(f"train set {ts.name!r}: {path} not found")
-        raw = _read_rows(path, ts.rows)
+        raw = load_rows(path, ts.format, limit=ts.rows)
     if len(raw) < ts.rows:
         raise ValueError(f"train set {ts.name!r} has {len(raw)} rows, preset asks for {ts.rows}")
     examples = read_examples(raw, ts.format, ts.source)
@@ -295,12 +279,6 @@ def training_rows(ts: TrainSet, data_root: Path | None) -> list[dict]:
         }
         for ex in examples
     ]
-
-
-def _write_jsonl(rows: list[dict], path: Path) -> Path:
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    write_text_atomic(path, text)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +485,9 @@ def run_recovery(
         data_inputs = {"set": ts.model_dump(), "root": str(root) if root else None}
 
         def do_data(folder: Path, ts: TrainSet = ts) -> dict:
-            path = _write_jsonl(training_rows(ts, root), folder / f"{ts.name}.jsonl")
+            from .synthetic import write_jsonl
+
+            path = write_jsonl(training_rows(ts, root), folder / f"{ts.name}.jsonl")
             return {"path": str(path), "rows": ts.rows}
 
         data_meta = stages.run(f"data-{ts.name}", data_inputs, do_data)
