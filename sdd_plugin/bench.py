@@ -123,8 +123,9 @@ def _preset_quick() -> Preset:
             "sdd_gsm8k",
         ],
         eval_limit=30,
-        # MMLU's limit is per subject (57 subjects); generative GSM8K is slow on CPU
-        eval_task_limits={"sdd_mmlu": 2, "sdd_gsm8k": 10},
+        # MMLU's limit is per subject (57 subjects); generative GSM8K and TruthfulQA mc2 (6-shot
+        # prompt, many choices: ~3 s an item) are the slow ones on CPU
+        eval_task_limits={"sdd_mmlu": 2, "sdd_gsm8k": 10, "sdd_truthfulqa_mc2": 20},
         eval_shots={
             "sdd_arc_challenge": 0,
             "sdd_hellaswag": 0,

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..decoding import decode_batch, register_gqa_attention
 from ..hookspecs import hookimpl
 from ..interfaces import GenerationResult, GenerationSettings
 
@@ -61,10 +62,16 @@ class HFBackend:
         extra = (settings.extra if settings else {}) or {}
         dtype = str(extra.get("dtype", "float32"))
         device = str(extra.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
-        key = (str(model_path), dtype, device)
+        attention = str(extra.get("attention", "gqa"))
+        key = (str(model_path), dtype, device, attention)
         if key not in self._loaded:
             model, tok = load_model(model_path, dtype=dtype)
             model.to(device)
+            if attention == "gqa":
+                if model.config._attn_implementation == "sdpa":
+                    model.set_attn_implementation(register_gqa_attention())
+            elif attention != "default":
+                model.set_attn_implementation(attention)
             self._loaded = {key: (model, tok)}  # keep one teacher in memory
         return self._loaded[key]
 
@@ -73,6 +80,17 @@ class HFBackend:
         if not prompts:
             return []
         return [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+
+    @staticmethod
+    def _generate_stock(model, enc, gen_kwargs, generator) -> list[list[int]]:
+        """One batch through ``model.generate`` (the ``engine: generate`` path)."""
+        import torch
+
+        if generator is not None:
+            torch.manual_seed(int(generator.initial_seed()))
+        with torch.inference_mode():
+            out = model.generate(**enc, **gen_kwargs)
+        return out[:, enc["input_ids"].shape[1] :].tolist()
 
     # -------------------------------------------------------------- generate
     def generate(
@@ -109,6 +127,9 @@ class HFBackend:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         if settings.extra.get("cache_implementation"):
             gen_kwargs["cache_implementation"] = settings.extra["cache_implementation"]
+        engine = str(settings.extra.get("engine", "decode"))
+        if engine not in ("decode", "generate"):
+            raise ValueError(f"settings.extra['engine'] must be 'decode' or 'generate', got {engine!r}")
 
         total_tokens, start = 0, time.perf_counter()
         bar = tqdm(total=len(prompts), desc=desc, unit="row", disable=not show_progress, dynamic_ncols=True)
@@ -118,11 +139,22 @@ class HFBackend:
                 enc = tok(
                     texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
                 ).to(model.device)
+                generator = None
                 if settings.do_sample:  # same batch -> same samples, also after a resume
-                    torch.manual_seed(settings.seed + int(stable_hash(texts, 8), 16))
-                with torch.inference_mode():
-                    out = model.generate(**enc, **gen_kwargs)
-                new = out[:, enc["input_ids"].shape[1] :].tolist()
+                    generator = torch.Generator(device=model.device)
+                    generator.manual_seed(settings.seed + int(stable_hash(texts, 8), 16))
+                if engine == "generate":
+                    new = self._generate_stock(model, enc, gen_kwargs, generator)
+                else:
+                    new = decode_batch(
+                        model,
+                        enc["input_ids"],
+                        enc["attention_mask"],
+                        max_new_tokens=settings.max_new_tokens,
+                        eos_ids=eos_ids,
+                        settings=settings,
+                        generator=generator,
+                    )
                 for row_idx, ids in zip(batch, new):
                     stop = next((j for j, t in enumerate(ids) if t in eos_ids), None)
                     kept = ids if stop is None else ids[:stop]
