@@ -1,0 +1,193 @@
+"""The hf backend's decode engine against transformers' own ``generate``, on tiny real models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdd_plugin.decoding import (
+    common_prefix_length,
+    decode_batch,
+    gqa_sdpa_attention_forward,
+    register_gqa_attention,
+)
+from sdd_plugin.interfaces import GenerationSettings
+from sdd_plugin.testing import TINY_ARCHS
+
+PROMPTS = [
+    "Shared system text. Question: what is two plus two?",
+    "Shared system text. Question: name a colour of the sky on a clear summer day, please.",
+    "Shared system text. Q: hi",
+    "Shared system text. Question: write one word.",
+    "Shared system text. Question: a much longer question that goes on for a while, with many words "
+    "so that the padding in a batch is substantial and the prefix is shared by every row.",
+]
+
+
+def _load(path, attention: str | None = None):
+    from sdd_plugin.models import load_model
+
+    model, tok = load_model(str(path), dtype="float32")
+    if attention == "gqa" and model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(register_gqa_attention())
+    return model.eval(), tok
+
+
+def _reference(model, tok, prompts, max_new_tokens, eos_ids) -> list[list[int]]:
+    """Per-row ``model.generate`` (no padding), cut after the first EOS."""
+    outs = []
+    for prompt in prompts:
+        enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos_ids,
+                pad_token_id=eos_ids[0],
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        new = out[0, enc["input_ids"].shape[1] :].tolist()
+        stop = next((j for j, t in enumerate(new) if t in eos_ids), None)
+        outs.append(new if stop is None else new[: stop + 1])
+    return outs
+
+
+def _batch(tok, prompts):
+    order = sorted(
+        range(len(prompts)), key=lambda i: -len(tok(prompts[i], add_special_tokens=False)["input_ids"])
+    )
+    enc = tok(
+        [prompts[i] for i in order],
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+        add_special_tokens=False,
+    )
+    return order, enc
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_decode_batch_matches_per_row_generate(tiny_models, arch):
+    """Greedy tokens equal per-row ``generate`` with stock attention, including rows that stop
+    early (their EOS is a token they emit) and leave the batch, for every tiny architecture
+    (gemma3's sliding layers take the DynamicCache path)."""
+    path = tiny_models(arch)
+    stock, tok = _load(path)
+    max_new = 10
+    # make rows stop at different steps: use tokens the model really emits as extra EOS ids
+    probe = _reference(stock, tok, PROMPTS, max_new, [2])
+    eos_ids = sorted({2, probe[0][3], probe[2][1]})
+    expected = _reference(stock, tok, PROMPTS, max_new, eos_ids)
+    assert len({len(e) for e in expected}) > 1, "the test needs rows of different lengths"
+
+    fast, _ = _load(path, attention="gqa")
+    order, enc = _batch(tok, PROMPTS)
+    got = decode_batch(fast, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new, eos_ids=eos_ids)
+    for slot, row in enumerate(order):
+        assert got[slot] == expected[row], f"row {row} ({arch})"
+
+
+def test_gqa_attention_equals_stock_sdpa_with_padding():
+    """One query per row against an unexpanded, left-padded KV cache: same output as ``sdpa``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    batch, heads, kv_heads, length, dim = 3, 8, 2, 11, 16
+    q = torch.randn(batch, heads, 1, dim)
+    k, v = torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim)
+    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    mask[0, :, :, :4] = False  # left padding
+    mask[2, :, :, :7] = False
+    module = torch.nn.Module()
+    module.num_key_value_groups = heads // kv_heads
+    module.is_causal = True
+    fast, _ = gqa_sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5)
+    assert fast.shape == ref.shape == (batch, 1, heads, dim)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_common_prefix_length_on_left_padded_rows():
+    pad = 0
+    ids = torch.tensor(
+        [
+            [5, 6, 7, 8, 9, 10],
+            [pad, pad, 5, 6, 7, 3],
+            [pad, 5, 6, 4, 4, 4],
+        ]
+    )
+    lengths = (ids != pad).sum(-1)
+    assert common_prefix_length(ids, lengths) == 2
+    # every row keeps at least one token of its own
+    same = torch.tensor([[pad, 5, 6], [5, 6, 7]])
+    assert common_prefix_length(same, (same != pad).sum(-1)) == 1
+    differ = torch.tensor([[1, 2], [3, 4]])
+    assert common_prefix_length(differ, torch.tensor([2, 2])) == 0
+
+
+def test_sampling_is_reproducible_per_generator_seed(tiny_models):
+    model, tok = _load(tiny_models("llama"), attention="gqa")
+    _, enc = _batch(tok, PROMPTS)
+    settings = GenerationSettings(do_sample=True, temperature=1.5, top_p=0.99)
+
+    def run(seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        return decode_batch(
+            model,
+            enc["input_ids"],
+            enc["attention_mask"],
+            max_new_tokens=8,
+            eos_ids=[2],
+            settings=settings,
+            generator=gen,
+        )
+
+    first = run(1)
+    assert run(1) == first
+    assert run(2) != first
+    assert all(len(row) == 8 or row[-1] == 2 for row in first)
+
+
+def test_backend_engines_agree_and_bad_engine_is_named(tiny_models):
+    from sdd_plugin.builtins.backends import HFBackend
+
+    path = str(tiny_models("llama"))
+    texts = {}
+    for engine in ("decode", "generate"):
+        results = []
+        settings = GenerationSettings(max_new_tokens=8, batch_size=3, extra={"engine": engine})
+        HFBackend().generate(path, PROMPTS, settings, results.append, show_progress=False)
+        texts[engine] = {r.index: (r.text, r.num_tokens, r.finished) for r in results}
+    assert sorted(texts["decode"]) == list(range(len(PROMPTS)))
+    assert texts["decode"] == texts["generate"]
+    with pytest.raises(ValueError, match="engine"):
+        HFBackend().generate(
+            path, PROMPTS, GenerationSettings(extra={"engine": "vllm"}), print, show_progress=False
+        )
+
+
+def test_decode_batch_matches_generate_on_default_model(default_model):
+    """The embedded default model on real distillation prompts (math template, chat-rendered):
+    same greedy tokens as per-row ``generate`` with stock attention. Tiny random models are too
+    flat to notice a wrong position or mask; this one is not."""
+    from sdd_plugin.distill import render_prompt
+    from sdd_plugin.plugins import get_template
+    from sdd_plugin.synthetic import word_problems
+
+    stock, tok = _load(default_model)
+    template = get_template("math")
+    problems = word_problems(5, seed=3)
+    prompts = [render_prompt(tok, *template.render(p["question"], p["answer"])) for p in problems]
+    max_new = 16
+    probe = _reference(stock, tok, prompts[:1], max_new, [2])
+    eos_ids = sorted({2, probe[0][5]})  # a token the first row emits: rows stop at different steps
+    expected = _reference(stock, tok, prompts, max_new, eos_ids)
+    assert len({len(e) for e in expected}) > 1
+
+    fast, _ = _load(default_model, attention="gqa")
+    order, enc = _batch(tok, prompts)
+    got = decode_batch(fast, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new, eos_ids=eos_ids)
+    assert [got[order.index(i)] for i in range(len(prompts))] == expected
