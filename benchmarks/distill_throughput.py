@@ -9,10 +9,17 @@ One run, the same GSM8K distillation prompts (math template, teacher chat templa
   plain fp32 matmul's GFLOP/s measured in the same run (target >= 0.5). The same figure counting
   the prompt tokens the engine also processed (prefill) is printed beside it.
 
+It also prints the *ceilings* these prompts allow: an engine running every matmul at the measured
+matmul GFLOP/s still has to prefill the prompts (minus the prefix shared within each batch, at
+2 x non-embedding params per token: logits only for the last position). ``ceiling_fraction``
+is generated FLOPs / (generated + prefill FLOPs), the best "fraction of matmul" that counts only
+generated tokens; ``ceiling_speedup`` is the per-example baseline's time per token against that
+best-case engine time.
+
 Usage::
 
-    OMP_NUM_THREADS=2 python benchmarks/distill_throughput.py --rows 64 --max-new-tokens 64 \\
-        [--baseline-rows 8] [--batch-size 32] [--json out.json]
+    OMP_NUM_THREADS=2 python benchmarks/distill_throughput.py --rows 64 --max-new-tokens 256 \\
+        [--baseline-rows 8] [--batch-size 64] [--json out.json]
 
 ``--baseline-rows`` times the per-example baseline on the first N of the prompts only (it is slow);
 its tokens/s is a rate, so the ratio stays comparable.
@@ -56,8 +63,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="GSM8K jsonl (local) or hub id")
     parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="the engine's default")
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
         "--baseline-rows", type=int, default=None, help="per-example baseline on the first N prompts"
     )
@@ -67,7 +74,8 @@ def main() -> None:
     import torch
     from tqdm.auto import tqdm
 
-    from sdd_plugin.builtins.backends import HF_BACKEND, stop_token_ids
+    from sdd_plugin.builtins.backends import HF_BACKEND, plan_batches, stop_token_ids
+    from sdd_plugin.decoding import common_prefix_length
     from sdd_plugin.distill import render_prompt
     from sdd_plugin.formats import load_rows, read_examples
     from sdd_plugin.interfaces import GenerationSettings
@@ -83,6 +91,20 @@ def main() -> None:
     prompts = [render_prompt(tok, *template.render(ex.instruction, ex.prompt_reference)) for ex in examples]
     prompt_tokens = HF_BACKEND.prompt_lengths(tok, prompts)
     params = sum(p.numel() for p in model.parameters())
+    embed_params = model.get_input_embeddings().weight.numel()
+    # the prefix the engine computes once per batch (it shares it across the batch's rows)
+    shared_tokens = 0
+    for batch in plan_batches(prompt_tokens, args.batch_size):
+        enc = tok(
+            [prompts[i] for i in batch],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        )
+        if len(batch) > 1:
+            shared = common_prefix_length(enc["input_ids"], enc["attention_mask"].sum(-1))
+            shared_tokens += shared * (len(batch) - 1) if shared >= 8 else 0
     threads = torch.get_num_threads()
 
     mm_before = matmul_gflops()
@@ -122,6 +144,10 @@ def main() -> None:
     base_tps = base_tokens / base_s
     gflops = 2 * params * engine_tps / 1e9
     gflops_all = 2 * params * (engine_tokens + sum(prompt_tokens)) / engine_s / 1e9
+    prefill_tokens = sum(prompt_tokens) - shared_tokens
+    gen_flops = 2 * params * engine_tokens
+    prefill_flops = 2 * (params - embed_params) * prefill_tokens
+    best_engine_s = (gen_flops + prefill_flops) / (matmul * 1e9)
     res = {
         "model": args.model,
         "params": params,
@@ -144,12 +170,21 @@ def main() -> None:
         "engine_fraction_of_matmul": round(gflops / matmul, 3),
         "engine_gflops_incl_prefill": round(gflops_all, 2),
         "engine_fraction_incl_prefill": round(gflops_all / matmul, 3),
+        "prefill_tokens_computed": prefill_tokens,
+        "shared_prefix_tokens_skipped": shared_tokens,
+        "ceiling_fraction": round(gen_flops / (gen_flops + prefill_flops), 3),
+        "ceiling_speedup": round(engine_tokens / best_engine_s / base_tps, 2),
     }
     print(json.dumps(res, indent=2))
     print(
         f"speedup vs per-example generate: {res['speedup']:.2f}x (target >= 10); "
         f"engine {gflops:.1f} GFLOP/s = {res['engine_fraction_of_matmul']:.2f} of matmul {matmul:.1f} GFLOP/s "
         f"(target >= 0.5; {res['engine_fraction_incl_prefill']:.2f} counting prefill tokens)"
+    )
+    print(
+        f"ceilings for these prompts at the measured matmul rate: speedup {res['ceiling_speedup']:.1f}x, "
+        f"fraction {res['ceiling_fraction']:.2f} (prefill of {prefill_tokens} prompt tokens vs "
+        f"{engine_tokens} generated)"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")

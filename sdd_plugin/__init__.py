@@ -12,7 +12,15 @@ from .plugins import available, get_plugin_manager
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "available", "get_plugin_manager", "hookimpl", "hookspec", "resolve_model", "contiguous_argmin"]
+__all__ = [
+    "__version__",
+    "available",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "resolve_model",
+    "contiguous_argmin",
+]
 
 
 def __getattr__(name: str):

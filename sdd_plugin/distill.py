@@ -31,7 +31,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,7 @@ def distill_dataset(
     measure_nll: bool = True,
     show_progress: bool = True,
     allow_truncated: bool = False,
+    retries: int = 0,
 ) -> DistillResult:
     """Self-distill a fine-tuning set with ``teacher`` and write it in the input's schema.
 
@@ -252,6 +253,11 @@ def distill_dataset(
     (gsm8k/openmath -> ``math``, else ``general``). Resumes from and reuses the cache under
     ``cache_dir`` (default :func:`sdd_plugin.cache.cache_dir`). Rewrites cut off at
     ``max_new_tokens`` are rejected as ``truncated`` unless ``allow_truncated``.
+
+    ``retries`` > 0 re-generates each rejected row up to that many times with sampling
+    (``settings``' temperature/top-p, seed + attempt) and keeps the first rewrite that passes the
+    checker; each attempt has its own resumable cache. A row that never passes falls back to the
+    original and is counted under its first attempt's reason.
     """
     from .models import load_tokenizer, resolve_model
     from .plugins import get_backend, get_checker, get_template
@@ -263,6 +269,8 @@ def distill_dataset(
     settings = settings or GenerationSettings()
     if settings.batch_size < 1 or settings.max_new_tokens < 1:
         raise ValueError("settings: batch_size and max_new_tokens must be >= 1")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
     template_obj = get_template(template or spec.default_template)
     checker_obj = get_checker(checker or spec.default_checker)
     backend_obj = get_backend(backend)
@@ -285,67 +293,106 @@ def distill_dataset(
         "settings": settings_dict,
     }
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache = RowCache(root / "distill" / stable_hash(run_id))
-    write_json_atomic(cache.folder / "run.json", run_id)
     keys = [stable_hash({"prompt": p, "template": template_obj.name}, 24) for p in prompts]
-
-    # Fixed batches over ALL rows; a batch is redone whole unless every row of it is cached.
-    from .builtins.backends import plan_batches
-
     lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
-    batches = plan_batches(lengths, settings.batch_size)
-    pending = [b for b in batches if not all(keys[i] in cache for i in b)]
-    todo = [i for b in pending for i in b]
-    cached_rows = len(rows) - len(todo)
-    gen_seconds, gen_tokens = 0.0, 0
-    if todo:
+    stats: dict[str, Any] = {"generated_rows": 0, "generated_tokens": 0, "seconds": 0.0, "cached_rows": 0}
+
+    def generate_pass(attempt: int, pass_settings: GenerationSettings, subset: list[int]) -> RowCache:
+        """Generate the rows ``subset`` not cached yet for this attempt; returns the attempt's cache.
+
+        Fixed batches over the whole subset; a batch is redone whole unless every row of it is
+        cached, so a resumed pass runs exactly the batches an uninterrupted one would."""
+        from .builtins.backends import plan_batches
+
+        pass_id = dict(run_id, retry=attempt, settings=asdict(pass_settings)) if attempt else run_id
+        cache = RowCache(root / "distill" / stable_hash(pass_id))
+        write_json_atomic(cache.folder / "run.json", pass_id)
+        batches = [
+            [subset[j] for j in b]
+            for b in plan_batches([lengths[i] for i in subset], pass_settings.batch_size)
+        ]
+        todo = [i for b in batches if not all(keys[i] in cache for i in b) for i in b]
+        if attempt == 0:
+            stats["cached_rows"] = len(subset) - len(todo)
+        if not todo:
+            return cache
         log.info(
-            "distilling %d rows with %s (%d cached, %d batches of %d)",
+            "distilling %d rows with %s (attempt %d; %d of %d cached, batches of %d)",
             len(todo),
             teacher,
-            cached_rows,
-            len(pending),
-            settings.batch_size,
+            attempt,
+            len(subset) - len(todo),
+            len(subset),
+            pass_settings.batch_size,
         )
 
         def on_result(res: GenerationResult) -> None:
-            nonlocal gen_tokens
-            gen_tokens += res.num_tokens
+            stats["generated_tokens"] += res.num_tokens
             cache.add(keys[todo[res.index]], res)
 
         if hasattr(backend_obj, "load"):
-            backend_obj.load(str(teacher_path), settings)  # load outside the throughput timing
+            backend_obj.load(str(teacher_path), pass_settings)  # load outside the throughput timing
         g0 = time.perf_counter()
         try:
             kwargs = {"show_progress": show_progress} if backend_obj.name == "hf" else {}
-            backend_obj.generate(str(teacher_path), [prompts[i] for i in todo], settings, on_result, **kwargs)
+            if attempt and backend_obj.name == "hf":
+                kwargs["desc"] = f"distill retry {attempt}"
+            backend_obj.generate(
+                str(teacher_path), [prompts[i] for i in todo], pass_settings, on_result, **kwargs
+            )
         finally:
             cache.close()
-        gen_seconds = time.perf_counter() - g0
-    missing = [i for i in range(len(rows)) if keys[i] not in cache]
-    if missing:
-        raise RuntimeError(f"the {backend_obj.name} backend returned no result for rows {missing[:10]}")
+        stats["seconds"] += time.perf_counter() - g0
+        stats["generated_rows"] += len(todo)
+        missing = [i for i in todo if keys[i] not in cache]
+        if missing:
+            raise RuntimeError(f"the {backend_obj.name} backend returned no result for rows {missing[:10]}")
+        return cache
+
+    def check(rec: dict, ex: Example) -> str | None:
+        reason = None if rec.get("finished", True) or allow_truncated else "truncated"
+        return reason if reason is not None else checker_obj.check(rec["text"], ex.reference, ex.expected)
+
+    # Pass 0 (the configured settings, greedy by default), then sampled retries of rejected rows.
+    first = generate_pass(0, settings, list(range(len(rows))))
+    chosen = [first.records[k] for k in keys]
+    first_reasons = [check(rec, ex) for rec, ex in zip(chosen, examples)]
+    status = list(first_reasons)
+    attempt_of = [0] * len(rows)
+    for attempt in range(1, retries + 1):
+        rejected = [i for i, reason in enumerate(status) if reason is not None]
+        if not rejected:
+            break
+        retry_settings = replace(settings, do_sample=True, seed=settings.seed + attempt)
+        retry_cache = generate_pass(attempt, retry_settings, rejected)
+        for i in rejected:
+            rec = retry_cache.records[keys[i]]
+            if check(rec, examples[i]) is None:
+                chosen[i], status[i], attempt_of[i] = rec, None, attempt
 
     # Checks and fallback.
     out_rows, side, responses, reasons = [], [], [], Counter()
     accepted_idx = []
     for i, (row, ex) in enumerate(zip(rows, examples)):
-        rec = cache.records[keys[i]]
-        text = rec["text"]
-        reason = None if rec.get("finished", True) or allow_truncated else "truncated"
-        if reason is None:
-            reason = checker_obj.check(text, ex.reference, ex.expected)
-        if reason is None:
+        rec = chosen[i]
+        if status[i] is None:
+            text = rec["text"]
             response = spec.finalize(text, ex) if spec.finalize else text
             accepted_idx.append(i)
         else:
             response = ex.reference
-            reasons[reason] += 1
+            reasons[first_reasons[i]] += 1
         responses.append(response)
         out_rows.append(spec.with_response(row, response))
-        side.append(
-            {"index": i, "accepted": reason is None, "reason": reason, "num_tokens": rec["num_tokens"]}
-        )
+        entry = {
+            "index": i,
+            "accepted": status[i] is None,
+            "reason": status[i] if status[i] is None else first_reasons[i],
+        }
+        entry["num_tokens"] = rec["num_tokens"]
+        if retries:
+            entry["attempt"] = attempt_of[i] if status[i] is None else None
+        side.append(entry)
 
     # Distribution-shift meter: teacher NLL of original vs distilled responses, plain prompt.
     nll: dict[str, Any] = {}
@@ -380,12 +427,16 @@ def distill_dataset(
         "acceptance_rate": round(len(accepted_idx) / n, 4) if n else None,
         "fallbacks": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         "mean_generated_tokens": round(sum(num_tokens) / n, 2) if n else None,
-        "generated_rows": len(todo),
-        "cached_rows": cached_rows,
-        "generated_tokens": gen_tokens,
-        "generation_seconds": round(gen_seconds, 2),
-        "tokens_per_s": round(gen_tokens / gen_seconds, 2) if gen_seconds > 0 else None,
-        "rows_per_s": round(len(todo) / gen_seconds, 3) if gen_seconds > 0 else None,
+        "generated_rows": stats["generated_rows"],
+        "cached_rows": stats["cached_rows"],
+        "generated_tokens": stats["generated_tokens"],
+        "generation_seconds": round(stats["seconds"], 2),
+        "tokens_per_s": round(stats["generated_tokens"] / stats["seconds"], 2)
+        if stats["seconds"] > 0
+        else None,
+        "rows_per_s": round(stats["generated_rows"] / stats["seconds"], 3) if stats["seconds"] > 0 else None,
+        "retries": retries,
+        "accepted_on_retry": sum(1 for i in accepted_idx if attempt_of[i] > 0),
         "nll_original": None,
         "nll_distilled": None,
         **nll,
@@ -401,7 +452,7 @@ def distill_dataset(
         "settings": settings_dict,
         "allow_truncated": allow_truncated,
         "output": str(out_path),
-        "cache": str(cache.folder),
+        "cache": str(first.folder),
         "seconds": round(time.perf_counter() - t0, 2),
     }
 

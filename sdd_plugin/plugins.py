@@ -69,9 +69,7 @@ def get(kind: str, name: str) -> Any:
     """Return the implementation of ``kind`` called ``name``, or raise a clear error."""
     found = _collect(kind)
     if name not in found:
-        raise UnknownPluginError(
-            f"unknown {kind} {name!r}; known: {', '.join(sorted(found)) or '(none)'}"
-        )
+        raise UnknownPluginError(f"unknown {kind} {name!r}; known: {', '.join(sorted(found)) or '(none)'}")
     return found[name]
 
 

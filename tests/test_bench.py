@@ -59,6 +59,22 @@ def test_sft_and_sdd_recipes_differ_only_in_the_distill_switch(tmp_path):
     assert sdd["bf16"] is False and sdd["sample_packing"] is False
     assert sdd["datasets"] == [{"path": str(data), "type": "chat_template"}]
 
+    # the full preset's sampled retries reach the plugin (and so its distilled-data hash)
+    full = bench.get_preset("full")
+    assert full.distill_retries == 2
+    full_sdd = bench.recipe_for(
+        full, full.train_sets[0], data, tmp_path / "o", distill=True, calibration=None
+    )
+    full_args = parse_sdd_args(full_sdd)
+    assert full_args.sdd_distill_retries == 2
+    from sdd_plugin.axolotl.recipe import distilled_path
+
+    entry = {"path": str(data)}
+    no_retries = full_args.model_copy(update={"sdd_distill_retries": 0})
+    assert distilled_path(entry, "m", "messages", full_args) != distilled_path(
+        entry, "m", "messages", no_retries
+    )
+
 
 def test_training_rows_are_chat_messages_with_cleaned_originals():
     ts = bench.TrainSet(name="w", source="synthetic", format="gsm8k", template="math", rows=5)

@@ -143,3 +143,45 @@ def test_cli_distill(tmp_path, tiny_models, capsys):
     assert len((tmp_path / "o" / "distilled.jsonl").read_text().splitlines()) == 3
     assert main(args[:5] + ["--format", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "known formats" in capsys.readouterr().err
+
+
+def test_sampled_retries_replace_rejected_rows_and_resume(tmp_path, tiny_models):
+    """Greedy rewrites of a tiny random model are blank ("\\n" repeated): rejected. Sampled retries
+    re-generate only those rows, keep the first that passes, and are cached like the first pass."""
+    teacher = tiny_models("llama", 2)
+    settings = GenerationSettings(max_new_tokens=6, batch_size=4, temperature=1.0, top_p=1.0)
+    kw = dict(
+        teacher=teacher,
+        data=ROWS,
+        format="alpaca",
+        settings=settings,
+        cache_dir=tmp_path / "c",
+        show_progress=False,
+        allow_truncated=True,
+        measure_nll=False,
+    )
+    greedy = distill_dataset(out=tmp_path / "g", **kw)
+    rejected = sum(greedy.report["fallbacks"].values())
+    assert rejected > 0, greedy.report
+
+    retried = distill_dataset(out=tmp_path / "r", retries=2, **kw)
+    r = retried.report
+    assert r["retries"] == 2 and r["cached_rows"] == len(ROWS)  # the greedy pass is reused
+    assert r["generated_rows"] >= rejected  # only rejected rows are generated again
+    assert r["accepted"] > greedy.report["accepted"] and r["accepted_on_retry"] > 0
+    assert r["accepted"] == greedy.report["accepted"] + r["accepted_on_retry"]
+    side = [json.loads(line) for line in retried.rows_path.read_text().splitlines()]
+    first = [json.loads(line) for line in greedy.rows_path.read_text().splitlines()]
+    for s, f in zip(side, first):
+        if f["accepted"]:
+            assert s["accepted"] and s["attempt"] == 0
+        elif s["accepted"]:
+            assert s["attempt"] in (1, 2) and s["reason"] is None
+        else:
+            assert s["attempt"] is None and s["reason"] == f["reason"]
+
+    again = distill_dataset(out=tmp_path / "r2", retries=2, **kw)
+    assert again.report["generated_rows"] == 0
+    assert again.output_path.read_text() == retried.output_path.read_text()
+    with pytest.raises(ValueError, match="retries"):
+        distill_dataset(out=tmp_path / "x", retries=-1, **kw)

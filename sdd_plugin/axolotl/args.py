@@ -64,6 +64,11 @@ class SDDArgs(BaseModel):
     sdd_distill_temperature: float = Field(0.7, gt=0, description="sampling temperature")
     sdd_distill_top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling p")
     sdd_distill_seed: int = Field(0, description="sampling seed")
+    sdd_distill_retries: int = Field(
+        0,
+        ge=0,
+        description="re-generate rejected rewrites up to N times with sampling, keep the first that passes",
+    )
     sdd_distill_measure_nll: bool = Field(
         True, description="report the teacher's NLL of original vs distilled responses (distribution shift)"
     )

@@ -221,6 +221,7 @@ class SelfDistillationPlugin(BasePlugin):
                         settings=settings,
                         backend=args.sdd_distill_backend,
                         measure_nll=args.sdd_distill_measure_nll,
+                        retries=args.sdd_distill_retries,
                     )
                     report = result.report
                     reused = False

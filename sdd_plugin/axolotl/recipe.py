@@ -261,6 +261,7 @@ def distilled_path(
         "backend": args.sdd_distill_backend,
         "settings": generation_settings_dict(args),
         "limit": args.sdd_distill_limit,
+        **({"retries": args.sdd_distill_retries} if args.sdd_distill_retries else {}),
     }
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(entry.get("path"))).name.split(".")[0])[:40] or "data"
     folder = (root or cache_dir() / "axolotl-distilled") / f"{stem}-{fmt}-{stable_hash(key)}"

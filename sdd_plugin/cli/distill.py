@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checker", default=None, help="answer checker (default like --template)")
     parser.add_argument("--backend", default="hf", help="generation backend (default hf)")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="re-generate rejected rewrites up to N times with sampling; keep the first that passes",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -77,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         measure_nll=not args.no_nll,
         show_progress=not args.no_progress,
         allow_truncated=args.allow_truncated,
+        retries=args.retries,
     )
     r = result.report
     keys = (
