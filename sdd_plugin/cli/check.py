@@ -143,7 +143,7 @@ def _print(result: dict[str, Any], path: str) -> None:
             print(
                 f"distill     on: template {tmpl}, checker {args.sdd_distill_checker or 'by format'}, "
                 f"max_new_tokens {args.sdd_distill_max_new_tokens}, batch {args.sdd_distill_batch_size}, "
-                f"limit {args.sdd_distill_limit or 'all rows'}"
+                f"retries {args.sdd_distill_retries}, limit {args.sdd_distill_limit or 'all rows'}"
             )
         else:
             print("distill     off (SFT on the original responses)")
