@@ -154,7 +154,9 @@ def _preset_full() -> Preset:
             "distill_retries": 2,
             "distill_batch_size": 32,
             "eval_limit": 300,
-            "eval_task_limits": {"sdd_mmlu": 10, "sdd_gsm8k": 200},
+            # per model: ~300 items a task is ~2 min each for ARC/HellaSwag, TruthfulQA mc2 ~3 s and
+            # generative GSM8K ~6 s an item -> 150 and 100 keep an eval under ~25 min
+            "eval_task_limits": {"sdd_mmlu": 10, "sdd_gsm8k": 100, "sdd_truthfulqa_mc2": 150},
             "eval_shots": {"sdd_arc_challenge": 0, "sdd_hellaswag": 0, "sdd_gsm8k": 0},
             "specdec_prompts": 16,
             "specdec_max_new_tokens": 64,
