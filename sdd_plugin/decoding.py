@@ -244,7 +244,7 @@ def _prefill(model, input_ids, attention_mask, capacity: int, group: int, min_sh
         )
         logits.append(out.logits[:, -1, :])
         for layer_idx, layer in enumerate(cache.layers):
-            if not buffers or len(buffers) <= layer_idx:
+            if len(buffers) <= layer_idx:  # first group: allocate the batch's buffers
                 kv_heads, head_dim = layer.keys.shape[1], layer.keys.shape[3]
                 buf_k = layer.keys.new_zeros((rows, kv_heads, capacity, head_dim))
                 buffers.append((buf_k, torch.zeros_like(buf_k)))

@@ -384,14 +384,15 @@ def distill_dataset(
             reasons[first_reasons[i]] += 1
         responses.append(response)
         out_rows.append(spec.with_response(row, response))
+        accepted = status[i] is None
         entry = {
             "index": i,
-            "accepted": status[i] is None,
-            "reason": status[i] if status[i] is None else first_reasons[i],
+            "accepted": accepted,
+            "reason": None if accepted else first_reasons[i],
+            "num_tokens": rec["num_tokens"],
         }
-        entry["num_tokens"] = rec["num_tokens"]
         if retries:
-            entry["attempt"] = attempt_of[i] if status[i] is None else None
+            entry["attempt"] = attempt_of[i] if accepted else None
         side.append(entry)
 
     # Distribution-shift meter: teacher NLL of original vs distilled responses, plain prompt.
