@@ -41,13 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 
-def matmul_gflops(seconds: float = 2.0) -> float:
-    """Best fp32 GFLOP/s of square 1024 and MLP-shaped (1024x576 @ 576x1536) matmuls."""
+def matmul_gflops(seconds: float = 2.0, dtype: str = "float32") -> float:
+    """Best GFLOP/s of square 1024 and MLP-shaped (1024x576 @ 576x1536) matmuls in ``dtype``."""
     import torch
 
     best = 0.0
     for m, k, n in ((1024, 1024, 1024), (1024, 576, 1536)):
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a = torch.randn(m, k, dtype=getattr(torch, dtype))
+        b = torch.randn(k, n, dtype=getattr(torch, dtype))
         for _ in range(3):
             a @ b
         reps, start = 0, time.perf_counter()
@@ -68,6 +69,11 @@ def main() -> None:
     parser.add_argument(
         "--baseline-rows", type=int, default=None, help="per-example baseline on the first N prompts"
     )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        help="weights/activations dtype of both the engine and the baseline (and of the matmul peak)",
+    )
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
 
@@ -84,7 +90,9 @@ def main() -> None:
 
     rows = load_rows(args.data, "gsm8k", limit=args.rows)
     examples = read_examples(rows, "gsm8k", args.data)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, extra={"dtype": args.dtype}
+    )
     path = str(resolve_model(args.model))
     model, tok = HF_BACKEND.load(path, settings)
     template = get_template("math")
@@ -107,7 +115,7 @@ def main() -> None:
             shared_tokens += shared * (len(batch) - 1) if shared >= 8 else 0
     threads = torch.get_num_threads()
 
-    mm_before = matmul_gflops()
+    mm_before = matmul_gflops(dtype=args.dtype)
 
     # the engine
     results = []
@@ -138,7 +146,7 @@ def main() -> None:
         base_tokens += len(new) if stop is None else stop + 1
     base_s = time.perf_counter() - start
 
-    mm_after = matmul_gflops()
+    mm_after = matmul_gflops(dtype=args.dtype)
     matmul = max(mm_before, mm_after)
     engine_tps = engine_tokens / engine_s
     base_tps = base_tokens / base_s
@@ -151,6 +159,7 @@ def main() -> None:
     res = {
         "model": args.model,
         "params": params,
+        "dtype": args.dtype,
         "torch_threads": threads,
         "rows": len(prompts),
         "max_new_tokens": args.max_new_tokens,

@@ -15,7 +15,8 @@
 Every stage lives in ``run_dir/stages/<name>/`` and is keyed by a hash of its inputs (including
 the keys of the stages it depends on): a stopped run resumes at the first unfinished stage, and a
 changed setting recomputes only what depends on it. Inside a stage, distillation and evaluation
-also resume at row / task granularity through their own caches.
+also resume at row / task granularity through their own caches, and training from its last
+checkpoint (an unfinished stage with unchanged inputs keeps its folder).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, model_validator
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "recipes" / "smollm2-135m-sdd-gsm8k-cpu.yml"
 STAGE_FILE = "stage.json"
+PENDING_FILE = "stage.pending.json"
 
 
 class TrainSet(BaseModel):
@@ -73,6 +75,12 @@ class Preset(BaseModel):
     gradient_accumulation_steps: int = 2
     sequence_len: int = 384
     seed: int = 0
+    #: weights dtype of teacher generation, training (autocast) and evaluation; bfloat16 runs the
+    #: CPU's AVX512-BF16/AMX matmuls (2-3x fp32) -- all models of a run share it
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    #: training checkpoint every N optimizer steps (kept: the last one) so a stopped run resumes
+    #: mid-training; 0 = no checkpoints
+    save_steps: int = 25
     # distillation
     distill_max_new_tokens: int = 192
     distill_batch_size: int = 16
@@ -153,6 +161,8 @@ def _preset_full() -> Preset:
             # (acceptance was 29-38 % greedy on GSM8K); bigger batches for the decode engine
             "distill_retries": 2,
             "distill_batch_size": 32,
+            # bf16 matmuls: ~1.4x faster LoRA steps and ~2x faster generation/eval on this CPU
+            "dtype": "bfloat16",
             "eval_limit": 300,
             # per model: ~300 items a task is ~2 min each for ARC/HellaSwag, TruthfulQA mc2 ~3 s and
             # generative GSM8K ~6 s an item -> 150 and 100 keep an eval under ~25 min
@@ -233,10 +243,14 @@ class Stages:
                 self.records[name] = meta
                 return meta
             self.echo(f"[{name}] settings changed: recomputing")
-        if folder.exists():
+        pending = folder / PENDING_FILE
+        resuming = pending.is_file() and json.loads(pending.read_text(encoding="utf-8")).get("key") == key
+        if folder.exists() and not resuming:
             shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        self.echo(f"[{name}] running ...")
+        folder.mkdir(parents=True, exist_ok=True)
+        # an unfinished stage with the same inputs keeps its folder (e.g. training checkpoints)
+        write_json_atomic(pending, {"stage": name, "key": key})
+        self.echo(f"[{name}] {'resuming' if resuming else 'running'} ...")
         t0 = time.time()
         summary = fn(folder)
         meta = {
@@ -248,6 +262,7 @@ class Stages:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_json_atomic(meta_path, meta)
+        pending.unlink(missing_ok=True)
         self.echo(f"[{name}] done in {meta['seconds']:.0f} s")
         meta["cached"] = False
         self.records[name] = meta
@@ -325,6 +340,7 @@ def recipe_for(
         sdd_distill_batch_size=preset.distill_batch_size,
         sdd_distill_do_sample=False,
         sdd_distill_retries=preset.distill_retries,
+        sdd_distill_dtype=preset.dtype,
         sdd_distill_limit=None,
         datasets=[{"path": str(data_file), "type": "chat_template"}],
         dataset_prepared_path=str(output_dir / "prepared"),
@@ -342,6 +358,16 @@ def recipe_for(
         recipe["max_steps"] = preset.max_steps
     else:
         recipe.pop("max_steps", None)
+    if preset.dtype == "bfloat16":
+        recipe["bf16"] = True  # autocast on CPU (the plugin sets use_cpu)
+    if preset.save_steps:
+        # a checkpoint every save_steps (the last one kept); a rerun resumes from it
+        recipe.update(
+            save_strategy="steps",
+            save_steps=preset.save_steps,
+            save_total_limit=1,
+            auto_resume_from_checkpoints=True,
+        )
     return recipe
 
 
@@ -410,6 +436,7 @@ def run_recovery(
         "task_limits": preset.eval_task_limits,
         "shots": preset.eval_shots,
         "data_root": str(root) if root else None,
+        **({"dtype": preset.dtype} if preset.dtype != "float32" else {}),
     }
 
     def eval_stage(label: str, model_fn: Callable[[], str], upstream: dict) -> dict:
@@ -430,6 +457,7 @@ def run_recovery(
                     batch_size=preset.eval_batch_size,
                     data_root=root,
                     out=folder / f"part{i}",
+                    dtype=preset.dtype,
                 )
                 if not res:
                     res = part
@@ -509,6 +537,7 @@ def run_recovery(
             "max_new_tokens": preset.distill_max_new_tokens,
             "batch_size": preset.distill_batch_size,
             **({"retries": preset.distill_retries} if preset.distill_retries else {}),
+            **({"dtype": preset.dtype} if preset.dtype != "float32" else {}),
         }
 
         def do_distill(folder: Path, ts: TrainSet = ts, data_file: Path = data_file) -> dict:
@@ -523,7 +552,9 @@ def run_recovery(
                 template=ts.template,
                 checker=ts.template,
                 settings=GenerationSettings(
-                    max_new_tokens=preset.distill_max_new_tokens, batch_size=preset.distill_batch_size
+                    max_new_tokens=preset.distill_max_new_tokens,
+                    batch_size=preset.distill_batch_size,
+                    extra={"dtype": preset.dtype} if preset.dtype != "float32" else {},
                 ),
                 retries=preset.distill_retries,
             )
@@ -550,6 +581,7 @@ def run_recovery(
                         "seed",
                     }
                 ),
+                **({"dtype": preset.dtype} if preset.dtype != "float32" else {}),
             }
 
             def do_train(

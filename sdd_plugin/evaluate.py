@@ -809,7 +809,7 @@ def _task_manager(folder: Path, stock: bool = False):
     return TaskManager(include_path=str(folder), include_defaults=stock)
 
 
-def _load_lm(model: str | os.PathLike, batch_size: int | str):
+def _load_lm(model: str | os.PathLike, batch_size: int | str, dtype: str = "float32"):
     from lm_eval.models.huggingface import HFLM
 
     base, adapter = model_paths(model)
@@ -819,7 +819,7 @@ def _load_lm(model: str | os.PathLike, batch_size: int | str):
         peft=str(adapter) if adapter else None,
         tokenizer=str(tok),
         device="cpu",
-        dtype="float32",
+        dtype=dtype,
         batch_size=batch_size,
         trust_remote_code=False,
     )
@@ -853,6 +853,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     seed: int = 1234,
     use_cache: bool = True,
+    dtype: str = "float32",
 ) -> dict:
     """Evaluate ``model`` on ``tasks`` with lm-eval; writes ``eval_results.json``/``.md`` into ``out``.
 
@@ -860,11 +861,14 @@ def evaluate(
     lm-eval's ``peft=``). ``num_fewshot``: one int for all tasks, ``{task: k}``, or None for the
     defaults (OpenLLM v1: ARC-C 25, HellaSwag 10, TruthfulQA 0, MMLU 5, WinoGrande 5, GSM8K 5,
     ARC-E 0). Each (model, task, limit, shots, settings) result is cached, so reruns are instant and
-    an interrupted multi-task run resumes at the first unfinished task.
+    an interrupted multi-task run resumes at the first unfinished task. ``dtype``: the weights'
+    dtype (``bfloat16`` runs the CPU's bf16 matmuls; compare models only at the same dtype).
     """
     import lm_eval
     from tqdm.auto import tqdm
 
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     tasks = expand_tasks(tasks)
     limit = _check_limit(limit)
     num_fewshot = parse_shots(num_fewshot)
@@ -899,7 +903,7 @@ def evaluate(
         "batch_size": batch_size,
         "seed": seed,
         "device": "cpu",
-        "dtype": "float32",
+        "dtype": dtype,
     }
     version = getattr(lm_eval, "__version__", "unknown")
     results: dict[str, Any] = {}
@@ -920,6 +924,8 @@ def evaluate(
                 "seed": seed,
                 "lm_eval": version,
                 "v": PREP_VERSION,
+                # float32 results keep their old keys; any other dtype is its own result
+                **({"dtype": dtype} if dtype != "float32" else {}),
             }
         )
         cache_file = cache_dir() / "eval_results" / f"{task}-{key}.json"
@@ -931,7 +937,7 @@ def evaluate(
         if tm is None:
             tm = _task_manager(folder, stock=stock)
         if lm is None:
-            lm = _load_lm(model, batch_size)
+            lm = _load_lm(model, batch_size, dtype)
         try:
             r = _eval_one(lm, task, tm, limit, shots, apply_chat_template, fewshot_as_multiturn, seed)
         except ConnectionError as exc:  # stock tasks fetch their data from the hub

@@ -11,7 +11,7 @@ This module only needs pydantic (no axolotl import), so ``sdd check`` can use it
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -68,6 +68,10 @@ class SDDArgs(BaseModel):
         0,
         ge=0,
         description="re-generate rejected rewrites up to N times with sampling, keep the first that passes",
+    )
+    sdd_distill_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="teacher weights dtype for the rewrites (bfloat16: 2-3x faster matmuls on AVX512-BF16/AMX CPUs)",
     )
     sdd_distill_measure_nll: bool = Field(
         True, description="report the teacher's NLL of original vs distilled responses (distribution shift)"

@@ -288,6 +288,8 @@ def generation_settings_dict(args: SDDArgs) -> dict[str, Any]:
         "temperature": args.sdd_distill_temperature,
         "top_p": args.sdd_distill_top_p,
         "seed": args.sdd_distill_seed,
+        # only a non-default dtype enters the dict (and so the cache keys): float32 keys stay valid
+        **({"extra": {"dtype": args.sdd_distill_dtype}} if args.sdd_distill_dtype != "float32" else {}),
     }
 
 
