@@ -79,6 +79,7 @@ def test_misspelled_key_is_rejected_with_a_suggestion():
         ("sdd_distill_top_p", 1.5, "less than or equal to 1"),
         ("sdd_distill_batch_size", "lots", "valid integer"),
         ("sdd_prune", "maybe", "valid boolean"),
+        ("sdd_distill_dtype", "int8", "'float32', 'bfloat16' or 'float16'"),
     ],
 )
 def test_bad_values_name_the_key(key, value, needle):
@@ -187,6 +188,34 @@ def test_distilled_path_is_content_hashed(tmp_path):
     data.write_text('{"messages": [1]}\n')  # new content, same path
     other.add(distilled_path(entry, "teacher", "messages", args, root=tmp_path))
     assert p1 not in other and len(other) == 4
+
+
+def test_incomplete_checkpoints_are_dropped_before_auto_resume(tmp_path):
+    from sdd_plugin.axolotl.recipe import drop_incomplete_checkpoints
+
+    for n, complete in ((10, True), (20, True), (30, False)):
+        ckpt = tmp_path / f"checkpoint-{n}"
+        ckpt.mkdir()
+        if complete:
+            (ckpt / "trainer_state.json").write_text("{}")
+    assert drop_incomplete_checkpoints(tmp_path) == [tmp_path / "checkpoint-30"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20"]
+    assert drop_incomplete_checkpoints(tmp_path / "missing") == []
+    assert drop_incomplete_checkpoints(None) == []
+
+
+def test_bf16_on_a_cpu_only_machine_sets_use_cpu():
+    import torch
+
+    from sdd_plugin.axolotl.plugin import SelfDistillationPlugin
+
+    plugin = SelfDistillationPlugin()
+    assert not torch.cuda.is_available()  # this machine (and CI) is CPU-only
+    assert plugin.get_training_args({"bf16": True}) == {"use_cpu": True}
+    assert plugin.get_training_args({"bfloat16": True}) == {"use_cpu": True}
+    # fp32, and bf16: auto (which axolotl resolves to off without a GPU), leave training args alone
+    assert plugin.get_training_args({"bf16": False}) is None
+    assert plugin.get_training_args({"bf16": "auto"}) is None
 
 
 # --------------------------------------------------------------------------------- recipes

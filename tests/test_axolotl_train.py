@@ -159,3 +159,61 @@ def test_sft_twin_tokenizes_the_original_responses(workdir):
     assert len(texts) == len(original) == 16  # no limit without distillation
     for row in original:
         assert any(row["messages"][-1]["content"].strip() in t for t in texts)
+
+
+def test_bf16_training_on_cpu_resumes_from_its_last_complete_checkpoint_after_sigkill(workdir):
+    """bf16 on a CPU-only machine (the plugin sets ``use_cpu``), a checkpoint every step, SIGKILL
+    after the first one, a checkpoint cut off mid-save, and a rerun that resumes and finishes."""
+    import signal
+    import time
+
+    root, env = workdir
+    recipe = _recipe(root, "resume", "smollm2-135m-sft-gsm8k-cpu.yml")
+    raw = yaml.safe_load(recipe.read_text())
+    raw.update(
+        max_steps=4,
+        bf16=True,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=1,
+        auto_resume_from_checkpoints=True,
+        logging_steps=1,
+    )
+    recipe.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = root / "resume"
+    logf = root / "resume-first.log"
+    with open(logf, "w") as f:
+        proc = subprocess.Popen(
+            [str(BIN / "axolotl"), "train", str(recipe)],
+            cwd=root,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.time() + 900
+        while not list(out.glob("checkpoint-*/trainer_state.json")):
+            assert proc.poll() is None, logf.read_text()[-3000:]
+            assert time.time() < deadline, "no checkpoint within 15 min"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = logf.read_text()
+    assert "use_cpu=True" in first  # bf16 autocast on CPU, through the plugin
+    assert not (out / "adapter_model.safetensors").exists()  # really stopped before the end
+    done = max(int(p.parent.name.split("-")[1]) for p in out.glob("checkpoint-*/trainer_state.json"))
+    assert 1 <= done < 4
+    # a later checkpoint that the kill cut off mid-save (no trainer_state.json) must not be used
+    broken = out / "checkpoint-99"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{}")
+
+    log = _axolotl("train", recipe, env)
+    assert not broken.exists() and "cut off mid-save" in log
+    assert f"checkpoint-{done}" in log  # auto-resume picked the last complete checkpoint
+    assert (out / "adapter_model.safetensors").is_file()
+    state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["global_step"] == 4
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3, 4]
+    # the rerun trained only the steps after the checkpoint (one loss line per step)
+    assert log.count("{'loss':") == 4 - done, log[-3000:]

@@ -41,8 +41,18 @@ def test_stages_run_once_per_inputs_and_resume_after_a_failure(tmp_path):
     with pytest.raises(RuntimeError):
         stages.run("b", {"k": 1}, boom)
     assert not (stages.folder("b") / bench.STAGE_FILE).exists()  # unfinished: not taken as done
-    meta = bench.Stages(tmp_path, echo=lambda _: None).run("b", {"k": 1}, work)
-    assert meta["cached"] is False and not (stages.folder("b") / "partial.txt").exists()
+    # same inputs: the unfinished folder is kept for the stage to resume from (training checkpoints)
+    seen = []
+    meta = bench.Stages(tmp_path, echo=lambda _: None).run(
+        "b", {"k": 1}, lambda folder: seen.append((folder / "partial.txt").read_text()) or {}
+    )
+    assert meta["cached"] is False and seen == ["half"]
+    assert not (stages.folder("b") / bench.PENDING_FILE).exists()
+    # changed inputs: an unfinished folder of the old inputs is wiped
+    with pytest.raises(RuntimeError):
+        stages.run("c", {"k": 1}, boom)
+    meta = bench.Stages(tmp_path, echo=lambda _: None).run("c", {"k": 2}, work)
+    assert meta["cached"] is False and not (stages.folder("c") / "partial.txt").exists()
 
 
 def test_sft_and_sdd_recipes_differ_only_in_the_distill_switch(tmp_path):
@@ -59,6 +69,11 @@ def test_sft_and_sdd_recipes_differ_only_in_the_distill_switch(tmp_path):
     assert sdd["bf16"] is False and sdd["sample_packing"] is False
     assert sdd["datasets"] == [{"path": str(data), "type": "chat_template"}]
 
+    # checkpoints for resuming a stopped training stage; the demo trains in fp32
+    assert sdd["save_strategy"] == "steps" and sdd["save_total_limit"] == 1
+    assert sdd["auto_resume_from_checkpoints"] is True
+    assert parse_sdd_args(sdd).sdd_distill_dtype == "float32"
+
     # the full preset's sampled retries reach the plugin (and so its distilled-data hash)
     full = bench.get_preset("full")
     assert full.distill_retries == 2
@@ -67,6 +82,9 @@ def test_sft_and_sdd_recipes_differ_only_in_the_distill_switch(tmp_path):
     )
     full_args = parse_sdd_args(full_sdd)
     assert full_args.sdd_distill_retries == 2
+    # ... and so does its bf16: training autocast and the teacher's dtype
+    assert full.dtype == "bfloat16" and full_sdd["bf16"] is True
+    assert full_args.sdd_distill_dtype == "bfloat16"
     from sdd_plugin.axolotl.recipe import distilled_path
 
     entry = {"path": str(data)}
@@ -74,6 +92,8 @@ def test_sft_and_sdd_recipes_differ_only_in_the_distill_switch(tmp_path):
     assert distilled_path(entry, "m", "messages", full_args) != distilled_path(
         entry, "m", "messages", no_retries
     )
+    fp32 = full_args.model_copy(update={"sdd_distill_dtype": "float32"})
+    assert distilled_path(entry, "m", "messages", full_args) != distilled_path(entry, "m", "messages", fp32)
 
 
 def test_training_rows_are_chat_messages_with_cleaned_originals():

@@ -186,6 +186,11 @@ def test_missing_data_root_names_path(tmp_path, monkeypatch):
         ev.check_task_data(["sdd_arc_easy"], tmp_path / "empty")
 
 
+def test_bad_dtype_is_rejected_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="dtype must be float32, bfloat16 or float16, got 'int8'"):
+        ev.evaluate(tmp_path / "no-model", ["sdd_arc_easy"], dtype="int8")
+
+
 def test_bad_row_names_file_and_row(tmp_path):
     arc = tmp_path / "root" / "arc"
     arc.mkdir(parents=True)

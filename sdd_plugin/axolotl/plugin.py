@@ -18,6 +18,7 @@ from .recipe import (
     check_prune_range,
     dataset_format,
     distilled_path,
+    drop_incomplete_checkpoints,
     file_lock,
     generation_settings_dict,
     is_data_uri,
@@ -71,6 +72,9 @@ class SelfDistillationPlugin(BasePlugin):
             self._set_pruned(cfg, None, cfg["sdd_pruned_from"], str(cfg["base_model"]), meta, True, 0.0)
             return
         args = parse_sdd_args(cfg)
+        if cfg.get("auto_resume_from_checkpoints"):
+            for ckpt in drop_incomplete_checkpoints(cfg.get("output_dir")):
+                log.warning("sdd-plugin: removed %s, cut off mid-save (no trainer_state.json)", ckpt)
         if args.sdd_cache_dir:
             os.environ["SDD_CACHE_DIR"] = str(Path(args.sdd_cache_dir).expanduser().resolve())
         base = cfg.get("base_model")

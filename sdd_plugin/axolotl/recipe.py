@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -423,3 +424,19 @@ def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
             f"sdd_distill_limit={args.sdd_distill_limit}: only that many rows per dataset are trained on"
         )
     return out
+
+
+def drop_incomplete_checkpoints(output_dir: str | os.PathLike | None) -> list[Path]:
+    """Delete ``checkpoint-*`` folders of ``output_dir`` that a kill cut off mid-save.
+
+    transformers writes ``trainer_state.json`` last, and axolotl's auto-resume picks the highest
+    numbered checkpoint whether or not it is complete; without this a run killed while saving
+    could not resume. Returns the folders removed."""
+    if not output_dir or not Path(output_dir).is_dir():
+        return []
+    removed = []
+    for ckpt in sorted(Path(output_dir).glob("checkpoint-*")):
+        if ckpt.is_dir() and not (ckpt / "trainer_state.json").is_file():
+            shutil.rmtree(ckpt)
+            removed.append(ckpt)
+    return removed

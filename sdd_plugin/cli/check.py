@@ -114,8 +114,13 @@ def check(path: str, axolotl: bool = True) -> dict[str, Any]:
         cuda = False
     if not cuda:
         for key, want in _CPU_SETTINGS.items():
+            if key == "bf16" and raw.get(key) is True:
+                continue  # CPU bf16 autocast: the plugin sets use_cpu
             if raw.get(key) is not want:
-                result["warnings"].append(f"no CUDA here: set {key}: {str(want).lower()} to train on CPU")
+                hint = " (or true: bf16 autocast on CPU)" if key == "bf16" else ""
+                result["warnings"].append(
+                    f"no CUDA here: set {key}: {str(want).lower()}{hint} to train on CPU"
+                )
         if raw.get("flash_attention"):
             result["warnings"].append(
                 "no CUDA here: flash_attention needs a GPU (use attn_implementation: sdpa)"
