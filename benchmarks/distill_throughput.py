@@ -74,6 +74,9 @@ def main() -> None:
         default="float32",
         help="weights/activations dtype of both the engine and the baseline (and of the matmul peak)",
     )
+    parser.add_argument(
+        "--prompt-lookup", type=int, default=None, help="draft tokens per step (default: the backend's)"
+    )
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
 
@@ -93,6 +96,8 @@ def main() -> None:
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, extra={"dtype": args.dtype}
     )
+    if args.prompt_lookup is not None:
+        settings.extra["prompt_lookup"] = args.prompt_lookup
     path = str(resolve_model(args.model))
     model, tok = HF_BACKEND.load(path, settings)
     template = get_template("math")

@@ -69,8 +69,9 @@ def _batch(tok, prompts):
     return order, enc
 
 
+@pytest.mark.parametrize("lookup", [0, 3], ids=["plain", "prompt-lookup"])
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_decode_batch_matches_per_row_generate(tiny_models, arch):
+def test_decode_batch_matches_per_row_generate(tiny_models, arch, lookup):
     """Greedy tokens equal per-row ``generate`` with stock attention, including rows that stop
     early (their EOS is a token they emit) and leave the batch, for every tiny architecture
     (gemma3's sliding layers take the DynamicCache path)."""
@@ -85,7 +86,14 @@ def test_decode_batch_matches_per_row_generate(tiny_models, arch):
 
     fast, _ = _load(path, attention="gqa")
     order, enc = _batch(tok, PROMPTS)
-    got = decode_batch(fast, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new, eos_ids=eos_ids)
+    got = decode_batch(
+        fast,
+        enc["input_ids"],
+        enc["attention_mask"],
+        max_new_tokens=max_new,
+        eos_ids=eos_ids,
+        prompt_lookup=lookup,
+    )
     for slot, row in enumerate(order):
         assert got[slot] == expected[row], f"row {row} ({arch})"
 
@@ -109,6 +117,29 @@ def test_gqa_attention_equals_stock_sdpa_with_padding():
     assert fast.shape == ref.shape == (batch, 1, heads, dim)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
 
+    # several queries per row (prompt-lookup verification) with a per-row causal 4D mask
+    queries = 4
+    q = torch.randn(batch, heads, queries, dim)
+    mask = torch.ones(batch, 1, queries, length, dtype=torch.bool).tril(diagonal=length - queries)
+    mask[0, :, :, :4] = False
+    mask[2, :, :, :7] = False
+    fast, _ = gqa_sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5)
+    assert fast.shape == ref.shape == (batch, queries, heads, dim)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_ngram_index_drafts_from_the_latest_earlier_occurrence():
+    from sdd_plugin.decoding import _NgramIndex
+
+    idx = _NgramIndex([1, 2, 3, 4, 1, 2, 5, 6])
+    idx.extend([1, 2])
+    assert idx.draft(3) == [5, 6, 1]  # bigram (1, 2): its latest earlier occurrence continues 5, 6
+    idx.extend([9])
+    assert idx.draft(2) == []  # 9 never occurred before
+    idx.extend([4])
+    assert idx.draft(2) == [1, 2]  # no (9, 4) bigram: falls back to the unigram 4
+
 
 def test_common_prefix_length_on_left_padded_rows():
     pad = 0
@@ -128,7 +159,8 @@ def test_common_prefix_length_on_left_padded_rows():
     assert common_prefix_length(differ, torch.tensor([2, 2])) == 0
 
 
-def test_sampling_is_reproducible_per_generator_seed(tiny_models):
+@pytest.mark.parametrize("lookup", [0, 3], ids=["plain", "prompt-lookup"])
+def test_sampling_is_reproducible_per_generator_seed(tiny_models, lookup):
     model, tok = _load(tiny_models("llama"), attention="gqa")
     _, enc = _batch(tok, PROMPTS)
     settings = GenerationSettings(do_sample=True, temperature=1.5, top_p=0.99)
@@ -143,6 +175,7 @@ def test_sampling_is_reproducible_per_generator_seed(tiny_models):
             eos_ids=[2],
             settings=settings,
             generator=gen,
+            prompt_lookup=lookup,
         )
 
     first = run(1)
@@ -169,7 +202,8 @@ def test_backend_engines_agree_and_bad_engine_is_named(tiny_models):
         )
 
 
-def test_decode_batch_matches_generate_on_default_model(default_model):
+@pytest.mark.parametrize("lookup", [0, 3], ids=["plain", "prompt-lookup"])
+def test_decode_batch_matches_generate_on_default_model(default_model, lookup):
     """The embedded default model on real distillation prompts (math template, chat-rendered):
     same greedy tokens as per-row ``generate`` with stock attention. Tiny random models are too
     flat to notice a wrong position or mask; this one is not."""
@@ -189,5 +223,12 @@ def test_decode_batch_matches_generate_on_default_model(default_model):
 
     fast, _ = _load(default_model, attention="gqa")
     order, enc = _batch(tok, prompts)
-    got = decode_batch(fast, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new, eos_ids=eos_ids)
+    got = decode_batch(
+        fast,
+        enc["input_ids"],
+        enc["attention_mask"],
+        max_new_tokens=max_new,
+        eos_ids=eos_ids,
+        prompt_lookup=lookup,
+    )
     assert [got[order.index(i)] for i in range(len(prompts))] == expected
