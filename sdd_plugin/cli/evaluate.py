@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", default="8", help="lm-eval batch size (int or 'auto')")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="weights dtype (bfloat16: ~2.4x faster on AVX512-BF16 CPUs; compare models at one dtype)",
+    )
     parser.add_argument("--no-cache", action="store_true", help="ignore cached per-task results")
     parser.add_argument("--out", required=True, help="output folder")
 
@@ -134,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         fewshot_as_multiturn=args.fewshot_as_multiturn,
         data_root=args.data_root,
         seed=args.seed,
+        dtype=args.dtype,
         use_cache=not args.no_cache,
     )
     base_results = _as_results(args.baseline) if args.baseline else None
