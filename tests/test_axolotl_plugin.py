@@ -414,6 +414,16 @@ def test_check_passes_the_cpu_recipe(capsys, default_model, cache):
     assert "unpruned base_model" in out and "format messages" in out
 
 
+def test_check_accepts_bf16_on_cpu_and_warns_about_auto(capsys, tmp_path, default_model, cache):
+    raw = load_recipe(CPU_RECIPE)
+    for value, warned in ((True, False), ("auto", True)):
+        path = tmp_path / f"bf16-{value}.yml"
+        path.write_text(yaml.safe_dump({**raw, "bf16": value}))
+        code, out = _check(capsys, str(path))
+        assert code == 0, out
+        assert ("set bf16: false" in out) is warned, out
+
+
 def test_check_catches_a_typo(capsys, tmp_path, default_model, cache):
     raw = _recipe(sdd_distil_limit=8)
     code, out = _check(capsys, _write(tmp_path, raw), "--no-axolotl")
