@@ -80,7 +80,7 @@ class Preset(BaseModel):
     dtype: Literal["float32", "bfloat16"] = "float32"
     #: training checkpoint every N optimizer steps (kept: the last one) so a stopped run resumes
     #: mid-training; 0 = no checkpoints
-    save_steps: int = 25
+    save_steps: int = Field(25, ge=0)
     # distillation
     distill_max_new_tokens: int = 192
     distill_batch_size: int = 16
@@ -689,6 +689,16 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
         f"(blocks {results['prune']['removed_blocks']}, {results['prune']['num_layers_before']} → "
         f"{results['prune']['num_layers_after']}). Preset `{preset['name']}`"
         + (" is a sanity check, not evidence." if preset["name"] != "full" else "."),
+        "",
+        "Settings (identical for SFT and SDD): "
+        + ", ".join(f"{ts['name']} {ts['rows']} rows" for ts in preset["train_sets"])
+        + f"; {preset['epochs']:g} epoch(s)"
+        + (f", max {preset['max_steps']} steps" if preset.get("max_steps") else "")
+        + f"; LoRA r {preset['lora_r']} / alpha {preset['lora_alpha']}, lr {preset['learning_rate']:g}, "
+        f"batch {preset['micro_batch_size']} × {preset['gradient_accumulation_steps']}, "
+        f"sequence {preset['sequence_len']}, seed {preset['seed']}; teacher max "
+        f"{preset['distill_max_new_tokens']} new tokens, {preset.get('distill_retries', 0)} sampled "
+        f"retries; dtype {preset.get('dtype', 'float32')} for generation, training and eval.",
         "",
         "## Scores",
         "",

@@ -144,6 +144,8 @@ def test_report_states_the_sdd_minus_sft_gap(tmp_path):
     # above-chance recovery: SFT (0.50-0.25)/(0.65-0.25)=62.5%, SDD 75.0% -> +12.5 points
     assert "SDD − SFT above-chance recovery = +12.5 points" in text
     assert "meets" in text
+    assert "wordproblems 48 rows; 1 epoch(s), max 6 steps; LoRA r 16" in text
+    assert "dtype float32 for generation, training and eval" in text
     assert (tmp_path / "recovery.png").stat().st_size > 0 and (tmp_path / "results.json").is_file()
 
 
