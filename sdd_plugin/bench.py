@@ -785,13 +785,16 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     ]
     for name, d in results["distill"].items():
         nll = (
-            f"{d.get('nll_original', float('nan')):.3f} → {d.get('nll_distilled', float('nan')):.3f}"
-            if d.get("nll_original") is not None
+            f"{d['nll_original']:.3f} → {d['nll_distilled']:.3f}"
+            if d.get("nll_original") is not None and d.get("nll_distilled") is not None
             else "–"
         )
+        tps = d.get("tokens_per_s")
+        # None when every row came from the row cache (nothing was generated in this run)
+        speed = f"{tps:.1f}" if tps is not None else "– (rows cached)"
         lines.append(
             f"| {name} | {d.get('rows')} | {_pct(d.get('acceptance_rate'))} | {d.get('fallbacks')} | {nll} | "
-            f"{d.get('tokens_per_s', 0):.1f} |"
+            f"{speed} |"
         )
     lines += [
         "",

@@ -134,13 +134,22 @@ def test_report_states_the_sdd_minus_sft_gap(tmp_path):
             "sdd-wordproblems": _res("sdd", 0.55, 1.2),
         },
         "prune": {"removed_blocks": [13, 14], "num_layers_before": 30, "num_layers_after": 28},
-        "distill": {"wordproblems": {"rows": 4, "acceptance_rate": 0.5, "fallbacks": {"truncated": 2}}},
+        "distill": {
+            "wordproblems": {
+                "rows": 4,
+                "acceptance_rate": 0.5,
+                "fallbacks": {"truncated": 2},
+                "tokens_per_s": None,
+            }
+        },
         "specdec": {},
         "stages": {"prune": {"seconds": 1.0, "cached": False}},
         "wall_seconds": 2.0,
     }
     path = bench.write_recovery_report(results, tmp_path)
     text = path.read_text()
+    # distillation served from the row cache (a new run folder, a warm cache): no speed, no crash
+    assert "| wordproblems | 4 | 50.0 |" in text and "– (rows cached)" in text
     # above-chance recovery: SFT (0.50-0.25)/(0.65-0.25)=62.5%, SDD 75.0% -> +12.5 points
     assert "SDD − SFT above-chance recovery = +12.5 points" in text
     assert "meets" in text
