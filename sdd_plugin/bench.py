@@ -670,7 +670,15 @@ def _pct(v: float | None) -> str:
 
 def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     """Write ``results.json``, ``recovery.{json,md,png}`` and ``REPORT.md`` into ``run_dir``."""
-    from .evaluate import format_score, higher_is_better, metric_label, plot_recovery, recovery_table
+    from .evaluate import (
+        INFORMATIVE_SIGMAS,
+        format_score,
+        higher_is_better,
+        metric_label,
+        paired_gap,
+        plot_recovery,
+        recovery_table,
+    )
 
     evals = results["evals"]
     baseline = evals["baseline"]
@@ -713,14 +721,18 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     heads = [
         t if hib[t] else f"{t} ({metric_label(baseline['tasks'][t].get('metric'), False)})" for t in tasks
     ]
-    lines.append("| model | " + " | ".join(heads) + " | average | recovery | above-chance recovery |")
-    lines.append("|---" * (len(tasks) + 4) + "|")
+    lines.append(
+        "| model | "
+        + " | ".join(heads)
+        + " | average | recovery | above-chance recovery | … informative tasks |"
+    )
+    lines.append("|---" * (len(tasks) + 5) + "|")
     hi = [t for t in tasks if hib[t]]
     b_avg = sum(baseline["tasks"][t]["value"] for t in hi) / len(hi) if hi else None
     lines.append(
         "| baseline | "
         + " | ".join(_cell(baseline["tasks"][t]["value"], t) for t in tasks)
-        + (f" | {_pct(b_avg)} | 100 | 100 |" if hi else " | – | – | – |")
+        + (f" | {_pct(b_avg)} | 100 | 100 | 100 |" if hi else " | – | – | – | – |")
     )
     for m in table["models"]:
         avg = m["average"]
@@ -728,6 +740,7 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
             f"| {m['model']} | "
             + " | ".join(_cell(m["tasks"].get(t, {}).get("score"), t) for t in tasks)
             + f" | {_pct(avg['score'])} | {_pct(avg['recovery'])} | {_pct(avg['above_chance_recovery'])} |"
+            + f" {_pct(avg.get('above_chance_recovery_informative'))} |"
         )
     shots = {t: baseline["tasks"][t].get("shots") for t in tasks}
     ns = {t: baseline["tasks"][t].get("n") for t in tasks}
@@ -761,7 +774,19 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
         ):
             gap = 100 * (sdd["above_chance_recovery"] - sft["above_chance_recovery"])
             gaps.append(gap)
-            lines.append(f"- **{ts['name']}**: SDD − SFT above-chance recovery = {gap:+.1f} points.")
+            pair = [evals.get(f"sft-{ts['name']}"), evals.get(f"sdd-{ts['name']}")]
+            ci = paired_gap(*pair, baseline) if all(pair) else None
+            inf = paired_gap(*pair, baseline, only_informative=True) if all(pair) else None
+            text = f"- **{ts['name']}**: SDD − SFT above-chance recovery = {gap:+.1f} points"
+            if ci:
+                text += f" (paired bootstrap 95 % interval {ci['ci95'][0]:+.1f} to {ci['ci95'][1]:+.1f})"
+            if inf:
+                text += (
+                    f"; over the informative tasks ({', '.join(inf['tasks'])}) {inf['gap']:+.1f} "
+                    f"({inf['ci95'][0]:+.1f} to {inf['ci95'][1]:+.1f})"
+                )
+            lines.append(text + ".")
+            results.setdefault("gaps", {})[ts["name"]] = {"suite": ci, "informative": inf}
         if (
             sft
             and sdd
@@ -776,6 +801,17 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
         mean_gap = sum(gaps) / len(gaps)
         verdict = "meets" if mean_gap >= 10 else f"misses by {10 - mean_gap:.1f} points"
         lines.append(f"- Mean SDD − SFT gap {mean_gap:+.1f} points: {verdict} the +10-point target.")
+        informative_tasks = [
+            t for t in tasks if any(m["tasks"].get(t, {}).get("informative") for m in table["models"])
+        ]
+        lines.append(
+            "- The suite average includes tasks where the baseline is not clearly above chance "
+            f"(< {INFORMATIVE_SIGMAS:g} standard errors): there (score − chance) / (baseline − chance) "
+            "divides by noise. Informative tasks in this run: "
+            + (", ".join(informative_tasks) or "none")
+            + ". Intervals resample each task's items with the same indices for SFT and SDD."
+        )
+        write_json_atomic(run_dir / "results.json", results)
     lines += [
         "",
         "## Distillation",

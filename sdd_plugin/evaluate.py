@@ -1091,6 +1091,67 @@ def _mean(xs: Iterable[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+#: a task informs above-chance recovery when its baseline beats chance by this many standard errors
+INFORMATIVE_SIGMAS = 2.0
+
+
+def informative(baseline_task: dict, chance: float | None) -> bool:
+    """Whether the baseline is clearly above chance on a task: ``value - chance >=
+    INFORMATIVE_SIGMAS x stderr``. Where it is not (a 135M model on MMLU or WinoGrande),
+    ``(score - chance) / (baseline - chance)`` divides by noise: one item more or less moves a
+    model's above-chance recovery by tens of points."""
+    value, err = baseline_task.get("value"), baseline_task.get("stderr")
+    if value is None or chance is None or err is None:
+        return False
+    return value - chance >= INFORMATIVE_SIGMAS * err and value - chance > 0
+
+
+def paired_gap(
+    first: dict,
+    second: dict,
+    baseline: dict,
+    *,
+    only_informative: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict | None:
+    """Mean above-chance recovery of ``second`` minus ``first`` (points), with a paired bootstrap
+    95 % interval: the items of each task are resampled with the same indices for both models
+    (they answered the same documents), the baseline and chance level are fixed normalisers.
+    Uses the tasks with per-item scores of equal length in both models and a baseline above chance
+    (``only_informative``: only :func:`informative` ones). None when no task qualifies."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    used, boot, point = [], [], []
+    for t, b in baseline.get("tasks", {}).items():
+        ra, rb = first.get("tasks", {}).get(t), second.get("tasks", {}).get(t)
+        if ra is None or rb is None or not higher_is_better(dict(b, task=t)):
+            continue
+        chance = b.get("chance") if b.get("chance") is not None else 0.0
+        base = b.get("value")
+        ia, ib = ra.get("per_item"), rb.get("per_item")
+        if base is None or base - chance <= 1e-12 or not ia or not ib or len(ia) != len(ib):
+            continue
+        if only_informative and not informative(b, chance):
+            continue
+        xa, xb = np.asarray(ia, dtype=float), np.asarray(ib, dtype=float)
+        idx = rng.integers(0, len(xa), size=(n_boot, len(xa)))
+        boot.append((xb[idx].mean(1) - xa[idx].mean(1)) / (base - chance))
+        point.append((xb.mean() - xa.mean()) / (base - chance))
+        used.append(t)
+    if not used:
+        return None
+    dist = 100 * np.mean(boot, axis=0)
+    lo, hi = np.percentile(dist, [2.5, 97.5])
+    return {
+        "gap": round(float(100 * np.mean(point)), 2),
+        "ci95": [round(float(lo), 2), round(float(hi), 2)],
+        "tasks": used,
+        "n_boot": n_boot,
+    }
+
+
 def recovery_table(results: dict | Sequence[dict], baseline_results: dict) -> dict:
     """Per task and averaged: score, baseline, chance, plain and above-chance recovery.
 
@@ -1138,6 +1199,7 @@ def recovery_table(results: dict | Sequence[dict], baseline_results: dict) -> di
                 "chance": chance,
                 "recovery": plain,
                 "above_chance_recovery": above,
+                "informative": informative(b, chance) if hib else False,
             }
             if t not in order:
                 order.append(t)
@@ -1150,6 +1212,11 @@ def recovery_table(results: dict | Sequence[dict], baseline_results: dict) -> di
             "recovery": _mean(v["recovery"] for v in hi),
             "above_chance_recovery": _mean(v["above_chance_recovery"] for v in hi),
             "n_tasks": len(hi),
+            # only the tasks whose baseline is clearly above chance (see informative())
+            "above_chance_recovery_informative": _mean(
+                v["above_chance_recovery"] for v in hi if v["informative"]
+            ),
+            "n_informative": sum(1 for v in hi if v["informative"]),
             "lower_is_better_recovery": _mean(v["recovery"] for v in lo),
             "n_lower_is_better": len(lo),
         }

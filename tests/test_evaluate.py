@@ -471,3 +471,48 @@ def test_rolling_batch_size_caps_long_windows():
     assert ev.rolling_batch_size(8, 2048) == 4
     assert ev.rolling_batch_size(8, 512) == 8  # short windows keep the requested batch
     assert ev.rolling_batch_size("auto", 8192) == "auto"
+
+
+def _task(value, stderr, per_item=None, chance=0.25):
+    return {"value": value, "stderr": stderr, "chance": chance, "metric": "acc", "per_item": per_item}
+
+
+def test_informative_tasks_beat_chance_by_two_standard_errors():
+    assert ev.informative(_task(0.51, 0.029), 0.25)  # ARC-E at 300 items
+    assert not ev.informative(_task(0.51, 0.029, chance=0.5), 0.5)  # WinoGrande at chance
+    assert not ev.informative(_task(0.277, 0.026), 0.25)  # 2.7 points over chance, 1 sigma
+    assert not ev.informative(_task(0.0, 0.0, chance=0.0), 0.0)  # GSM8K at 0
+    assert not ev.informative({"value": 0.9}, 0.25)  # no stderr: cannot tell
+
+
+def test_recovery_table_averages_informative_tasks_separately():
+    base = {"label": "base", "tasks": {"a": _task(0.6, 0.02), "w": _task(0.51, 0.03, chance=0.5)}}
+    model = {"label": "m", "tasks": {"a": _task(0.5, 0.02), "w": _task(0.55, 0.03, chance=0.5)}}
+    avg = ev.recovery_table(model, base)["models"][0]["average"]
+    # a: (0.5-0.25)/(0.6-0.25) = 71.4 %; w: (0.55-0.5)/(0.51-0.5) = 500 % -- noise, not recovery
+    assert avg["above_chance_recovery"] == pytest.approx((0.25 / 0.35 + 5.0) / 2)
+    assert avg["above_chance_recovery_informative"] == pytest.approx(0.25 / 0.35)
+    assert avg["n_informative"] == 1
+
+
+def test_paired_gap_is_the_difference_of_recoveries_with_a_bootstrap_interval():
+    import random
+
+    rnd = random.Random(0)
+    n = 400
+    sft = [float(rnd.random() < 0.40) for _ in range(n)]
+    sdd = [x if rnd.random() < 0.9 else 1.0 for x in sft]  # SDD = SFT plus some extra right answers
+    base = {"tasks": {"a": _task(0.6, 0.02, [0.0] * n)}}
+    first = {"tasks": {"a": _task(sum(sft) / n, 0.02, sft)}}
+    second = {"tasks": {"a": _task(sum(sdd) / n, 0.02, sdd)}}
+    res = ev.paired_gap(first, second, base, n_boot=500)
+    want = 100 * (sum(sdd) - sum(sft)) / n / (0.6 - 0.25)
+    assert res["tasks"] == ["a"] and res["gap"] == pytest.approx(want, abs=0.01)
+    lo, hi = res["ci95"]
+    assert 0 < lo < want < hi  # paired: the shared items cancel, so the gain is clearly positive
+    assert ev.paired_gap(second, first, base, n_boot=500)["gap"] == pytest.approx(-want, abs=0.01)
+    # tasks without per-item scores, or with the baseline at chance, are left out
+    flat = {"tasks": {"a": _task(0.5, 0.02)}}
+    assert ev.paired_gap(flat, flat, base) is None
+    at_chance = {"tasks": {"a": _task(0.25, 0.02, [0.0] * n)}}
+    assert ev.paired_gap(first, second, at_chance) is None
