@@ -293,6 +293,23 @@ def _prefill(model, input_ids, attention_mask, capacity: int, group: int, min_sh
     return Cache(layers=layers), mask, torch.cat(logits, dim=0)
 
 
+def _next_tokens(logits, warpers, do_sample: bool, generator):
+    """``[B]`` next tokens from ``[B, V]`` logits: argmax, or a draw from the warped softmax."""
+    import torch
+
+    logits = logits.float()
+    if do_sample:
+        probs = torch.softmax(warpers(None, logits), dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return logits.argmax(dim=-1)
+
+
+def _compact_now(dead: int, slots: int) -> bool:
+    """Drop finished rows from the batch once a quarter of its slots are done (or <= 2 run):
+    compaction copies every layer's cache, so it is batched rather than done per finished row."""
+    return dead > 0 and (dead >= max(1, slots // 4) or slots - dead <= 2)
+
+
 class _NgramIndex:
     """Prompt lookup drafts for one row: the tokens that followed the latest earlier occurrence of
     the row's last bigram (else its last token) in prompt + generated text."""
@@ -362,13 +379,7 @@ def _decode_prompt_lookup(
     out_tokens: list[list[int]] = [[] for _ in range(rows)]
     eos_set = {int(t) for t in eos.tolist()}
 
-    def pick(logits_2d):
-        if do_sample:
-            probs = torch.softmax(warpers(None, logits_2d.float()), dim=-1)
-            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        return logits_2d.argmax(dim=-1)
-
-    first = pick(first_logits).tolist()
+    first = _next_tokens(first_logits, warpers, do_sample, generator).tolist()
     alive = list(range(rows))  # original row of each batch slot
     running = []  # slot still generating (finished slots idle until the next compaction)
     index = []
@@ -383,8 +394,7 @@ def _decode_prompt_lookup(
         if live == 0:
             break
         n = len(alive)
-        dead = n - live
-        if dead and (dead >= max(1, n // 4) or live <= 2):
+        if _compact_now(n - live, n):
             keep_slots = [i for i in range(n) if running[i]]
             keep = torch.tensor(keep_slots, dtype=torch.long, device=device)
             cache.batch_select_indices(keep)
@@ -534,12 +544,7 @@ def decode_batch(
         alive = torch.arange(rows, device=device)  # original row of each batch slot
         running = torch.ones(rows, dtype=torch.bool, device=device)  # slot not finished yet
         for step in range(max_new_tokens):
-            logits = logits.float()
-            if do_sample:
-                probs = torch.softmax(warpers(None, logits), dim=-1)
-                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            else:
-                tokens = logits.argmax(dim=-1)
+            tokens = _next_tokens(logits, warpers, do_sample, generator)
             for slot, token, live in zip(alive.tolist(), tokens.tolist(), running.tolist()):
                 if live:
                     out_tokens[slot].append(token)
@@ -549,8 +554,7 @@ def decode_batch(
             live_count = int(running.sum())
             if live_count == 0:
                 break
-            dead = running.numel() - live_count
-            if dead and (dead >= max(1, running.numel() // 4) or live_count <= 2):
+            if _compact_now(running.numel() - live_count, running.numel()):
                 keep = running.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
                 alive, tokens, mask, next_pos = alive[keep], tokens[keep], mask[keep], next_pos[keep]

@@ -191,11 +191,13 @@ def test_bf16_training_on_cpu_resumes_from_its_last_complete_checkpoint_after_si
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.time() + 900
-        while not list(out.glob("checkpoint-*/trainer_state.json")):
+        for _ in range(1800):  # polls every 0.5 s: a hang guard of ~15 min, not a timing check
+            if list(out.glob("checkpoint-*/trainer_state.json")):
+                break
             assert proc.poll() is None, logf.read_text()[-3000:]
-            assert time.time() < deadline, "no checkpoint within 15 min"
             time.sleep(0.5)
+        else:
+            pytest.fail("axolotl wrote no complete checkpoint")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     first = logf.read_text()
