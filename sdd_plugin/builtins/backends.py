@@ -11,8 +11,8 @@ counted). A tqdm bar shows rows/s, with tokens/s in its postfix.
 ``device`` (default: cuda when available, else cpu), ``cache_implementation`` (passed to
 ``generate``, e.g. ``"static"``), ``engine`` (``"decode"``, the default, or ``"generate"``),
 ``prompt_lookup`` (draft tokens per step taken from the row's own prompt and output and verified
-in one pass; 0 = off, the default: greedy tokens are unchanged in fp32, and in bf16 it gave
-+10-15 % tokens/s on GSM8K rewrites with 64-row batches, within noise of a plain step's cost).
+in one pass; 0 = off, the default: greedy tokens are unchanged in fp32; in bf16 it gave
++10-15 % tokens/s on GSM8K rewrites with 64-row batches, a noisy measurement).
 """
 
 from __future__ import annotations
