@@ -430,13 +430,15 @@ def run_recovery(
     write_json_atomic(run_dir / "preset.json", preset.model_dump())
     echo(f"sdd bench recovery: preset {preset.name!r} -> {run_dir}")
 
+    # only a non-default dtype enters the stage keys (and settings): float32 runs keep their keys
+    dtype_key = {"dtype": preset.dtype} if preset.dtype != "float32" else {}
     eval_common = {
         "tasks": preset.eval_tasks,
         "limit": preset.eval_limit,
         "task_limits": preset.eval_task_limits,
         "shots": preset.eval_shots,
         "data_root": str(root) if root else None,
-        **({"dtype": preset.dtype} if preset.dtype != "float32" else {}),
+        **dtype_key,
     }
 
     def eval_stage(label: str, model_fn: Callable[[], str], upstream: dict) -> dict:
@@ -537,7 +539,7 @@ def run_recovery(
             "max_new_tokens": preset.distill_max_new_tokens,
             "batch_size": preset.distill_batch_size,
             **({"retries": preset.distill_retries} if preset.distill_retries else {}),
-            **({"dtype": preset.dtype} if preset.dtype != "float32" else {}),
+            **dtype_key,
         }
 
         def do_distill(folder: Path, ts: TrainSet = ts, data_file: Path = data_file) -> dict:
@@ -554,7 +556,7 @@ def run_recovery(
                 settings=GenerationSettings(
                     max_new_tokens=preset.distill_max_new_tokens,
                     batch_size=preset.distill_batch_size,
-                    extra={"dtype": preset.dtype} if preset.dtype != "float32" else {},
+                    extra=dict(dtype_key),
                 ),
                 retries=preset.distill_retries,
             )
@@ -581,7 +583,7 @@ def run_recovery(
                         "seed",
                     }
                 ),
-                **({"dtype": preset.dtype} if preset.dtype != "float32" else {}),
+                **dtype_key,
             }
 
             def do_train(
@@ -687,7 +689,6 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     write_json_atomic(run_dir / "recovery.json", table)
     plot_recovery(table, run_dir / "recovery.png")
     results["recovery"] = table
-    write_json_atomic(run_dir / "results.json", results)
 
     preset = results["preset"]
     lines = [
@@ -774,9 +775,9 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
         ):
             gap = 100 * (sdd["above_chance_recovery"] - sft["above_chance_recovery"])
             gaps.append(gap)
-            pair = [evals.get(f"sft-{ts['name']}"), evals.get(f"sdd-{ts['name']}")]
-            ci = paired_gap(*pair, baseline) if all(pair) else None
-            inf = paired_gap(*pair, baseline, only_informative=True) if all(pair) else None
+            pair = (evals[f"sft-{ts['name']}"], evals[f"sdd-{ts['name']}"])
+            ci = paired_gap(*pair, baseline)
+            inf = paired_gap(*pair, baseline, only_informative=True)
             text = f"- **{ts['name']}**: SDD − SFT above-chance recovery = {gap:+.1f} points"
             if ci:
                 text += f" (paired bootstrap 95 % interval {ci['ci95'][0]:+.1f} to {ci['ci95'][1]:+.1f})"
@@ -811,7 +812,7 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
             + (", ".join(informative_tasks) or "none")
             + ". Intervals resample each task's items with the same indices for SFT and SDD."
         )
-        write_json_atomic(run_dir / "results.json", results)
+    write_json_atomic(run_dir / "results.json", results)  # with the gaps and their intervals
     lines += [
         "",
         "## Distillation",

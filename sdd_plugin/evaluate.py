@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import cache_dir, file_hash, stable_hash, write_json_atomic, write_text_atomic
+from .models import DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -867,7 +868,7 @@ def evaluate(
     import lm_eval
     from tqdm.auto import tqdm
 
-    if dtype not in ("float32", "bfloat16", "float16"):
+    if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     tasks = expand_tasks(tasks)
     limit = _check_limit(limit)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .cache import atomic_dir, cache_dir, file_hash, stable_hash, write_json_atomic, write_text_atomic
+from .models import DTYPES
 
 log = logging.getLogger(__name__)
 
 METHODS = ("slerp", "ties")
-DTYPES = ("float32", "float16", "bfloat16")
 MERGE_FILE = "sdd_merge.json"
 PRUNE_FILE = "sdd_prune.json"
 ADAPTER_CONFIG = "adapter_config.json"

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from .cache import atomic_dir, cache_dir, file_hash, write_json_atomic
 
+#: weights dtypes the stages accept (loading, evaluation, merging)
+DTYPES = ("float32", "float16", "bfloat16")
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"

@@ -7,6 +7,7 @@ import logging
 import re
 from pathlib import Path
 
+from ..models import DTYPES
 from . import UserError
 
 HELP = "evaluate models with lm-eval (local sdd_* tasks or stock hub tasks) and tabulate recovery"
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default="float32",
-        choices=["float32", "bfloat16", "float16"],
+        choices=DTYPES,
         help="weights dtype (bfloat16: ~2.4x faster on AVX512-BF16 CPUs; compare models at one dtype)",
     )
     parser.add_argument("--no-cache", action="store_true", help="ignore cached per-task results")
