@@ -9,8 +9,12 @@ from sdd_plugin import bench
 
 def test_presets_validate_and_reject_unknown_settings():
     quick = bench.get_preset("quick")
-    full = bench.get_preset("full")
-    assert full.train_sets[0].rows >= 1000 and full.epochs >= 2  # sized to show the effect
+    full, large = bench.get_preset("full"), bench.get_preset("large")
+    assert large.train_sets[0].rows >= 1000 and large.epochs >= 2  # paper-like sizing
+    # full fits one sitting but is still 5x quick's rows, 2 epochs, and spends its eval budget on
+    # the tasks where the baseline is above chance
+    assert full.train_sets[0].rows >= 5 * quick.train_sets[0].rows and full.epochs >= 2
+    assert full.eval_task_limits["sdd_arc_easy"] > full.eval_limit
     assert {ts.template for ts in quick.train_sets} == {"math", "general"}
     assert bench.get_preset("quick", eval_limit=7).eval_limit == 7
     with pytest.raises(ValueError, match="eval_limt"):
