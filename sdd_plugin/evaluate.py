@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import cache_dir, file_hash, stable_hash, write_json_atomic, write_text_atomic
-from .models import DTYPES
+from .models import DTYPES, warn_if_slow_dtype
 
 log = logging.getLogger(__name__)
 
@@ -870,6 +870,7 @@ def evaluate(
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    warn_if_slow_dtype(dtype, "evaluation")
     tasks = expand_tasks(tasks)
     limit = _check_limit(limit)
     num_fewshot = parse_shots(num_fewshot)

@@ -11,9 +11,9 @@ def test_presets_validate_and_reject_unknown_settings():
     quick = bench.get_preset("quick")
     full, large = bench.get_preset("full"), bench.get_preset("large")
     assert large.train_sets[0].rows >= 1000 and large.epochs >= 2  # paper-like sizing
-    # full fits one sitting but is still 5x quick's rows, 2 epochs, and spends its eval budget on
+    # full fits one sitting but still has more than twice quick's rows, 2 epochs, and spends its eval budget on
     # the tasks where the baseline is above chance
-    assert full.train_sets[0].rows >= 5 * quick.train_sets[0].rows and full.epochs >= 2
+    assert full.train_sets[0].rows > 2 * quick.train_sets[0].rows and full.epochs >= 2
     assert full.eval_task_limits["sdd_arc_easy"] > full.eval_limit
     assert {ts.template for ts in quick.train_sets} == {"math", "general"}
     assert bench.get_preset("quick", eval_limit=7).eval_limit == 7
@@ -79,7 +79,7 @@ def test_sft_and_sdd_recipes_differ_only_in_the_distill_switch(tmp_path):
     assert parse_sdd_args(sdd).sdd_distill_dtype == "float32"
 
     # the full preset's sampled retries reach the plugin (and so its distilled-data hash)
-    full = bench.get_preset("full")
+    full = bench.get_preset("full", dtype="bfloat16")
     assert full.distill_retries == 2
     full_sdd = bench.recipe_for(
         full, full.train_sets[0], data, tmp_path / "o", distill=True, calibration=None
@@ -87,7 +87,7 @@ def test_sft_and_sdd_recipes_differ_only_in_the_distill_switch(tmp_path):
     full_args = parse_sdd_args(full_sdd)
     assert full_args.sdd_distill_retries == 2
     # ... and so does its bf16: training autocast and the teacher's dtype
-    assert full.dtype == "bfloat16" and full_sdd["bf16"] is True
+    assert full_sdd["bf16"] is True
     assert full_args.sdd_distill_dtype == "bfloat16"
     from sdd_plugin.axolotl.recipe import distilled_path
 

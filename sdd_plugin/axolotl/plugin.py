@@ -282,7 +282,7 @@ class SelfDistillationPlugin(BasePlugin):
 
         transformers refuses ``bf16`` on CPU unless ``use_cpu`` is set, and axolotl has no key for
         it; CPUs with AVX512-BF16/AMX run bf16 matmuls 2-3x faster than fp32, so the CPU recipes
-        can ask for ``bf16: true``."""
+        can ask for ``bf16: true`` (elsewhere bf16 is emulated and much slower: a warning says so)."""
         import torch
 
         if not (cfg.get("bf16") is True or cfg.get("bfloat16")):
@@ -290,6 +290,9 @@ class SelfDistillationPlugin(BasePlugin):
         has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
         if torch.cuda.is_available() or has_xpu or torch.backends.mps.is_available():
             return None
+        from ..models import warn_if_slow_dtype
+
+        warn_if_slow_dtype("bfloat16", "training (bf16: true)")
         log.info("sdd-plugin: bf16 on a CPU-only machine -> use_cpu=True (autocast on CPU)")
         return {"use_cpu": True}
 

@@ -1,0 +1,38 @@
+"""dtype resolution: 'auto' picks bf16 only where the machine runs it natively."""
+
+import logging
+
+import pytest
+
+from sdd_plugin import bench, models
+
+
+def test_resolve_dtype_auto_follows_the_cpu_flags(monkeypatch, caplog):
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx2", "fma"})
+    assert not models.fast_dtype_available("bfloat16")
+    assert models.resolve_dtype("auto") == "float32"
+    with caplog.at_level(logging.WARNING, logger="sdd_plugin.models"):
+        assert models.warn_if_slow_dtype("bfloat16", "evaluation") is True
+    assert "no native bfloat16 matmuls" in caplog.text
+
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    if not models.fast_dtype_available("float32") or __import__("torch").cuda.is_available():
+        pytest.skip("CUDA machine: the CPU flags do not decide")
+    assert models.resolve_dtype("auto") == "bfloat16"
+    assert models.warn_if_slow_dtype("bfloat16", "evaluation") is False
+    assert models.resolve_dtype("float16") == "float16"
+    with pytest.raises(ValueError, match="got 'int8'"):
+        models.resolve_dtype("int8")
+
+
+def test_cpu_flags_are_read_from_this_machine():
+    flags = models._cpu_flags()
+    # Linux CI: /proc/cpuinfo lists the x86 flags (sse2 is on every x86-64 CPU)
+    assert "sse2" in flags or not flags
+
+
+def test_presets_default_to_auto_dtype_and_accept_explicit_ones():
+    assert bench.get_preset("full").dtype == "auto"
+    assert bench.get_preset("full", dtype="float32").dtype == "float32"
+    with pytest.raises(ValueError):
+        bench.get_preset("full", dtype="int8")
