@@ -406,6 +406,42 @@ def recipe_for(
     return recipe
 
 
+def _run_process_group(cmd: list[str], env: dict, stdout: Any) -> int:
+    """Run ``cmd`` in its own process group and wait; if this process is interrupted (Ctrl-C or
+    SIGTERM), the whole group goes down with it.
+
+    ``axolotl train`` re-launches itself through ``accelerate``: stopping only the benchmark would
+    leave a trainer running, still writing checkpoints into a stage folder that the next run
+    reuses."""
+    import signal
+    import threading
+
+    proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+    restore = None
+    if threading.current_thread() is threading.main_thread():
+
+        def on_term(signum: int, frame: Any) -> None:
+            raise SystemExit(128 + signum)
+
+        restore = signal.signal(signal.SIGTERM, on_term)
+    try:
+        return proc.wait()
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
+        if proc.poll() is None:
+            for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=wait_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+
+
 def axolotl_train(recipe: dict, folder: Path) -> Path:
     """Run ``axolotl train`` on ``recipe`` (written to ``folder/recipe.yml``); return the adapter dir."""
     path = folder / "recipe.yml"
@@ -419,10 +455,10 @@ def axolotl_train(recipe: dict, folder: Path) -> Path:
         raise FileNotFoundError("the `axolotl` command is missing: pip install 'sdd-plugin[axolotl]'")
     logf = folder / "axolotl.log"
     with open(logf, "w", encoding="utf-8") as f:
-        proc = subprocess.run([exe, "train", str(path)], env=env, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
+        returncode = _run_process_group([exe, "train", str(path)], env=env, stdout=f)
+    if returncode != 0:
         tail = "".join(logf.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
-        raise RuntimeError(f"axolotl train failed (exit {proc.returncode}); see {logf}:\n{tail}")
+        raise RuntimeError(f"axolotl train failed (exit {returncode}); see {logf}:\n{tail}")
     adapter = Path(recipe["output_dir"])
     if not (adapter / "adapter_config.json").is_file():
         raise RuntimeError(f"axolotl finished but wrote no LoRA adapter in {adapter}; see {logf}")

