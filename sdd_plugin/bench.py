@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 
 from .cache import stable_hash, write_json_atomic, write_text_atomic
+from .models import machine_summary
 
 log = logging.getLogger(__name__)
 
@@ -777,7 +778,7 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
         f"Model `{preset['model']}`, {preset['num_blocks']} blocks removed by `{preset['metric']}` "
         f"(blocks {results['prune']['removed_blocks']}, {results['prune']['num_layers_before']} → "
         f"{results['prune']['num_layers_after']}). Preset `{preset['name']}`"
-        + (" is a sanity check, not evidence." if preset["name"] != "full" else "."),
+        + (" is a sanity check, not evidence." if preset["name"] not in ("full", "large") else "."),
         "",
         "Settings (identical for SFT and SDD): "
         + ", ".join(f"{ts['name']} {ts['rows']} rows" for ts in preset["train_sets"])
@@ -788,6 +789,8 @@ def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
         f"sequence {preset['sequence_len']}, seed {preset['seed']}; teacher max "
         f"{preset['distill_max_new_tokens']} new tokens, {preset.get('distill_retries', 0)} sampled "
         f"retries; dtype {preset.get('dtype', 'float32')} for generation, training and eval.",
+        "",
+        f"Machine (where the report was written): {machine_summary()}.",
         "",
         "## Scores",
         "",

@@ -34,6 +34,38 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def machine_summary() -> str:
+    """One line on the compute this process runs on: CPU model, cores, SIMD level, torch, GPU."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    parts = [f"{cpu}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"]
+    parts.append("native bf16" if "bfloat16" in _fast_cpu_dtypes() else "no native bf16")
+    parts.append(f"torch {torch.__version__}")
+    if torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name(0)}")
+    return ", ".join(parts)
+
+
+def _fast_cpu_dtypes() -> set[str]:
+    flags = _cpu_flags()
+    fast = set()
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        fast.add("bfloat16")
+    if flags & {"avx512_fp16", "amx_fp16"}:
+        fast.add("float16")
+    return fast
+
+
 def fast_dtype_available(dtype: str) -> bool:
     """Whether ``dtype`` matmuls run natively on this machine's compute device.
 
@@ -46,12 +78,7 @@ def fast_dtype_available(dtype: str) -> bool:
         return True
     if torch.cuda.is_available():
         return dtype == "float16" or torch.cuda.is_bf16_supported()
-    flags = _cpu_flags()
-    if dtype == "bfloat16":
-        return bool(flags & {"avx512_bf16", "amx_bf16"})
-    if dtype == "float16":
-        return bool(flags & {"avx512_fp16", "amx_fp16"})
-    return False
+    return dtype in _fast_cpu_dtypes()
 
 
 def resolve_dtype(dtype: str) -> str:

@@ -36,3 +36,13 @@ def test_presets_default_to_auto_dtype_and_accept_explicit_ones():
     assert bench.get_preset("full", dtype="float32").dtype == "float32"
     with pytest.raises(ValueError):
         bench.get_preset("full", dtype="int8")
+
+
+def test_machine_summary_names_cores_simd_and_bf16_support(monkeypatch):
+    import os
+
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx2"})
+    line = models.machine_summary()
+    assert f"{os.cpu_count()} cores" in line and "torch " in line and "no native bf16" in line
+    monkeypatch.setattr(models, "_cpu_flags", lambda: {"avx512_bf16"})
+    assert ", native bf16" in models.machine_summary()
