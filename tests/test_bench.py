@@ -159,6 +159,8 @@ def test_report_states_the_sdd_minus_sft_gap(tmp_path):
     assert "meets" in text
     assert "wordproblems 48 rows; 1 epoch(s), max 6 steps; LoRA r 16" in text
     assert "dtype float32 for generation, training and eval" in text
+    assert "Machine (where the report was written): " in text and " cores, " in text
+    assert "sanity check, not evidence" in text  # the demo preset says so
     assert (tmp_path / "recovery.png").stat().st_size > 0 and (tmp_path / "results.json").is_file()
 
 
