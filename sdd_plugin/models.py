@@ -23,15 +23,20 @@ log = logging.getLogger(__name__)
 AUTO_DTYPE = "auto"
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name`` line of /proc/cpuinfo (None off Linux or when absent)."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        if line.startswith(name):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((_cpuinfo_field("flags") or "").split())
 
 
 def machine_summary() -> str:
@@ -40,14 +45,7 @@ def machine_summary() -> str:
 
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _cpuinfo_field("model name") or platform.processor() or platform.machine()
     parts = [f"{cpu}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}"]
     parts.append("native bf16" if "bfloat16" in _fast_cpu_dtypes() else "no native bf16")
     parts.append(f"torch {torch.__version__}")
