@@ -41,11 +41,12 @@ MAX_GQA_QUERIES = 16
 #: rows per attention call in a decode step (:func:`row_groups`): each call reads the KV cache
 #: from the first column its rows use (8 measured best at 64 rows, 600 columns, 2 AVX2 cores)
 ATTENTION_ROWS_PER_CALL = 8
-#: prompt lookup drafts the full ``k`` tokens only while at most this many rows run, and
-#: ``LOOKUP_WIDE_DRAFTS`` above it (measured on the default model, bf16, 2 cores: verifying 4 tokens
-#: a row costs 1.7x a plain step at 64 rows but only 1.25x at 16)
-LOOKUP_FULL_DRAFT_ROWS = 16
-LOOKUP_WIDE_DRAFTS = 1
+#: prompt lookup verifies at most about this many tokens per step: each running row gets
+#: ``min(k, LOOKUP_TOKENS_PER_STEP // rows - 1)`` drafts, so a full batch decodes plainly and the
+#: few rows left at the end (often in a repetition loop, which lookup drafts exactly) verify up to
+#: ``k`` at once. A step's cost grows with its tokens: on 2 AVX2 cores, 64 rows x 1 token ~470 ms,
+#: 20 rows x 1 ~220 ms, 20 rows x 5 ~530 ms.
+LOOKUP_TOKENS_PER_STEP = 64
 _registered = False
 
 
@@ -561,7 +562,7 @@ def _decode_prompt_lookup(
             running = [True] * len(keep_slots)
             n = len(alive)
         # fewer drafts while many rows run: verifying k tokens costs more than it saves there
-        budget = k if live <= LOOKUP_FULL_DRAFT_ROWS else min(k, LOOKUP_WIDE_DRAFTS)
+        budget = min(k, max(0, LOOKUP_TOKENS_PER_STEP // live - 1))
         drafts = [idx.draft(budget) if run else [] for idx, run in zip(index, running)]
         width_q = 1 + max(len(d) for d in drafts)
         kk = width_q - 1
@@ -643,8 +644,10 @@ def decode_batch(
 
     Returns one token list per row, ending at (and including) the row's first EOS. Greedy unless
     ``settings.do_sample`` (temperature and top-p through transformers' logits warpers, drawn
-    with ``generator``). ``prompt_lookup`` > 0 drafts that many tokens per step from the row's own
-    prompt and output and verifies them in one pass (:func:`_decode_prompt_lookup`). Models with
+    with ``generator``). ``prompt_lookup`` > 0: once at most ``LOOKUP_TOKENS_PER_STEP / 2`` rows
+    still run, the rest is decoded with up to that many draft tokens a row per step, taken from
+    the row's own prompt and output and verified in one pass (:func:`_decode_prompt_lookup`); a
+    full batch gains nothing from drafts (its steps already cost what they compute). Models with
     sliding-window or non-attention layers use transformers' ``DynamicCache`` and a whole-batch
     prefill instead of the preallocated cache (and no prompt lookup).
     """
@@ -668,26 +671,11 @@ def decode_batch(
     mask = attention_mask.to(torch.long)
     if prompt_lookup < 0:
         raise ValueError(f"prompt_lookup must be >= 0, got {prompt_lookup}")
+    full_attention = _full_attention_only(model.config)
     with torch.inference_mode(), _CpuLinears(model):
-        if _full_attention_only(model.config):
+        if full_attention:
             capacity = input_ids.shape[1] + max_new_tokens + prompt_lookup + 1
-            cache, layout, logits = _prefill(model, input_ids, mask, capacity, max(1, prefill_group))
-            if prompt_lookup:
-                prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
-                return _decode_prompt_lookup(
-                    model,
-                    cache,
-                    layout,
-                    logits,
-                    prompts,
-                    max_new_tokens=max_new_tokens,
-                    eos=eos,
-                    draft_tokens=prompt_lookup,
-                    warpers=warpers,
-                    do_sample=do_sample,
-                    generator=generator,
-                )
-            mask = layout
+            cache, mask, logits = _prefill(model, input_ids, mask, capacity, max(1, prefill_group))
         else:
             cache = DynamicCache(config=model.config)
             out = model(
@@ -702,10 +690,33 @@ def decode_batch(
         next_pos = mask.sum(-1, keepdim=True)  # position of the next token of each row
         # each slot's first real column: the attention of a decode step skips the columns left
         # of it (on the preallocated cache, whose rows are left-padded prompts)
-        first_cols = (mask.shape[1] - next_pos[:, 0]).tolist() if _full_attention_only(model.config) else None
+        first_cols = (mask.shape[1] - next_pos[:, 0]).tolist() if full_attention else None
         alive = torch.arange(rows, device=device)  # original row of each batch slot
         running = torch.ones(rows, dtype=torch.bool, device=device)  # slot not finished yet
         for step in range(max_new_tokens):
+            live_count = int(running.sum())
+            if prompt_lookup and full_attention and 2 * live_count <= LOOKUP_TOKENS_PER_STEP:
+                # few rows left: the rest with prompt-lookup drafts (several tokens a row per step)
+                keep = running.nonzero().squeeze(1)
+                if live_count < running.numel():
+                    cache.batch_select_indices(keep)
+                slots = alive[keep].tolist()
+                rest = _decode_prompt_lookup(
+                    model,
+                    cache,
+                    mask[keep],
+                    logits[keep],
+                    [input_ids[r][attention_mask[r].bool()].tolist() + out_tokens[r] for r in slots],
+                    max_new_tokens=max_new_tokens - step,
+                    eos=eos,
+                    draft_tokens=prompt_lookup,
+                    warpers=warpers,
+                    do_sample=do_sample,
+                    generator=generator,
+                )
+                for r, tokens in zip(slots, rest):
+                    out_tokens[r].extend(tokens)
+                break
             tokens = _next_tokens(logits, warpers, do_sample, generator)
             for slot, token, live in zip(alive.tolist(), tokens.tolist(), running.tolist()):
                 if live:
