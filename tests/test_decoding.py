@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sdd_plugin import decoding
 from sdd_plugin.decoding import (
     common_prefix_length,
     decode_batch,
     gqa_sdpa_attention_forward,
     register_gqa_attention,
+    row_groups,
 )
 from sdd_plugin.interfaces import GenerationSettings
 from sdd_plugin.testing import TINY_ARCHS
@@ -69,12 +71,16 @@ def _batch(tok, prompts):
     return order, enc
 
 
-@pytest.mark.parametrize("lookup", [0, 3], ids=["plain", "prompt-lookup"])
+@pytest.mark.parametrize(
+    "lookup, tokens_per_step", [(0, 64), (3, 64), (3, 6)], ids=["plain", "prompt-lookup", "lookup-late"]
+)
 @pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_decode_batch_matches_per_row_generate(tiny_models, arch, lookup):
+def test_decode_batch_matches_per_row_generate(tiny_models, arch, lookup, tokens_per_step, monkeypatch):
     """Greedy tokens equal per-row ``generate`` with stock attention, including rows that stop
     early (their EOS is a token they emit) and leave the batch, for every tiny architecture
-    (gemma3's sliding layers take the DynamicCache path)."""
+    (gemma3's sliding layers take the DynamicCache path). ``lookup-late`` starts with plain
+    steps and switches to prompt lookup once at most 3 rows run."""
+    monkeypatch.setattr(decoding, "LOOKUP_TOKENS_PER_STEP", tokens_per_step)
     path = tiny_models(arch)
     stock, tok = _load(path)
     max_new = 10
@@ -127,6 +133,58 @@ def test_gqa_attention_equals_stock_sdpa_with_padding():
     ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5)
     assert fast.shape == ref.shape == (batch, queries, heads, dim)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("queries", [1, 4])
+def test_row_grouped_attention_skips_only_masked_columns(queries):
+    """Attention in runs of rows, each reading the cache from its first real column, equals
+    attention over the whole padded cache; a run that started at a real column would not."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    batch, heads, kv_heads, length, dim = 5, 6, 2, 13, 8
+    pads = [0, 2, 3, 6, 9]  # left padding per row, sorted like a length-sorted batch
+    q = torch.randn(batch, heads, queries, dim)
+    k, v = torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim)
+    mask = torch.ones(batch, 1, queries, length, dtype=torch.bool).tril(diagonal=length - queries)
+    for row, pad in enumerate(pads):
+        mask[row, :, :, :pad] = False
+    module = torch.nn.Module()
+    module.num_key_value_groups = heads // kv_heads
+    module.is_causal = True
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5)
+    groups = row_groups(pads, rows_per_call=2)
+    assert groups == [(0, 2, 0), (2, 4, 3), (4, 5, 9)]
+    fast, _ = gqa_sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5, sdd_row_groups=groups)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    wrong, _ = gqa_sdpa_attention_forward(
+        module, q, k, v, mask, scaling=dim**-0.5, sdd_row_groups=[(0, 5, 1)]
+    )  # row 0's first column is real: skipping it changes row 0 only
+    assert not torch.allclose(wrong[0], ref[0], atol=1e-4)
+    torch.testing.assert_close(wrong[1:], ref[1:], rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_linears_fuse_siblings_and_restore_the_model(tiny_models, monkeypatch):
+    """Inside ``_CpuLinears`` the model gives the same logits through oneDNN GEMMs with fused
+    q/k/v and gate/up; a sibling called on another input computes its own product; on exit
+    every module has its class forward back; a model over the size limit is left alone."""
+    model, tok = _load(tiny_models("llama"))
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True, padding_side="left")
+    with torch.inference_mode():
+        ref = model(**enc).logits
+        with decoding._CpuLinears(model) as fast:
+            assert fast.modules, "no linear layer was taken over"
+            got = model(**enc).logits
+            attn = model.model.layers[0].self_attn
+            x = torch.randn(3, model.config.hidden_size)
+            assert "forward" in attn.k_proj.__dict__
+            torch.testing.assert_close(attn.k_proj(x), torch.nn.functional.linear(x, attn.k_proj.weight))
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+        assert not any("forward" in m.__dict__ for m in model.modules())
+        monkeypatch.setattr(decoding, "CPU_LINEARS_MAX_BYTES", 0)
+        with decoding._CpuLinears(model) as fast:
+            assert fast.modules == []
+            assert not any("forward" in m.__dict__ for m in model.modules())
 
 
 def test_ngram_index_drafts_from_the_latest_earlier_occurrence():
