@@ -82,7 +82,8 @@ def gqa_sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     if sdd_row_groups and (len(sdd_row_groups) > 1 or sdd_row_groups[0][2] > 0):
-        mask = None if attention_mask is None else attention_mask[:, :, -q_len:, : key.shape[2]]
+        mask = _additive_mask(attention_mask, query.dtype)
+        mask = None if mask is None else mask[:, :, -q_len:, : key.shape[2]]
         outs = [
             _gqa_sdpa(
                 query[a:b],
@@ -99,6 +100,23 @@ def gqa_sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     return _gqa_sdpa(query, key, value, attention_mask, scaling), None
+
+
+_ADDITIVE_MASK: list = [None, None]  # [bool mask it was made from, additive mask]
+
+
+def _additive_mask(mask, dtype):
+    """``mask`` (bool) as an additive 0/-inf mask, made once per model call: every layer gets the
+    same mask object, and SDPA would otherwise convert it in each of its calls."""
+    import torch
+
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    source, additive = _ADDITIVE_MASK
+    if source is not mask or additive.dtype != dtype:
+        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+        _ADDITIVE_MASK[:] = [mask, additive]
+    return additive
 
 
 def _gqa_sdpa(query, key, value, attention_mask, scaling):
