@@ -16,6 +16,8 @@ against ``model.generate`` on CPU, measured on the default model (``benchmarks/d
   64-row GSM8K batch). Each decode step passes ``sdd_row_groups``: runs of ~8 neighbouring rows
   and the first column any of them uses; attention runs once per run on that slice of the cache.
 - **GQA without ``repeat_kv``** (below).
+- **oneDNN linears** on CPU fp32 (:class:`_CpuLinears`): weights reordered once, q/k/v and
+  gate/up fused; on 2 AVX2 cores a step's GEMMs take ~30 % less time than MKL ``F.linear``.
 - **Finished rows leave the batch** (compacted once a quarter of the rows are done), instead of
   being computed until the longest row ends.
 
