@@ -88,7 +88,7 @@ def main() -> None:
     from sdd_plugin.distill import render_prompt
     from sdd_plugin.formats import load_rows, read_examples
     from sdd_plugin.interfaces import GenerationSettings
-    from sdd_plugin.models import resolve_model
+    from sdd_plugin.models import machine_summary, resolve_model
     from sdd_plugin.plugins import get_template
 
     rows = load_rows(args.data, "gsm8k", limit=args.rows)
@@ -162,6 +162,7 @@ def main() -> None:
     prefill_flops = 2 * (params - embed_params) * prefill_tokens
     best_engine_s = (gen_flops + prefill_flops) / (matmul * 1e9)
     res = {
+        "machine": machine_summary(),
         "model": args.model,
         "params": params,
         "dtype": args.dtype,
