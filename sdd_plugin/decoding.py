@@ -46,6 +46,8 @@ ATTENTION_ROWS_PER_CALL = 8
 #: the engine runs a CPU fp32 model's linear layers through oneDNN (:class:`_CpuLinears`) only up to
 #: this many bytes of parameters: fused and reordered weights are a second copy of them
 CPU_LINEARS_MAX_BYTES = 4 * 2**30
+#: the row count oneDNN lays the reordered weights out for (a full decode batch); any count works
+PACKED_GEMM_ROWS = 64
 #: prompt lookup verifies at most about this many tokens per step: each running row gets
 #: ``min(k, LOOKUP_TOKENS_PER_STEP // rows - 1)`` drafts, so a full batch decodes plainly and the
 #: few rows left at the end (often in a repetition loop, which lookup drafts exactly) verify up to
@@ -411,7 +413,7 @@ class _CpuLinears:
 
     def _packed(self, weight):
         """``weight`` in oneDNN's layout for ~64-row GEMMs (any row count works), or as is."""
-        return weight if self.pack is None else self.pack(weight.detach(), ATTENTION_ROWS_PER_CALL * 8)
+        return weight if self.pack is None else self.pack(weight.detach(), PACKED_GEMM_ROWS)
 
     def __enter__(self):
         import torch
@@ -485,8 +487,6 @@ def _next_tokens(logits, warpers, do_sample: bool, generator):
     import torch
 
     logits = logits.float()
-    if logits.stride(-1) != 1:  # the wide head's [V, B] layout: reduce along its contiguous axis
-        logits = logits.contiguous()
     if do_sample:
         probs = torch.softmax(warpers(None, logits), dim=-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -778,4 +778,5 @@ def decode_batch(
             )
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
+    _ADDITIVE_MASK[:] = [None, None]  # do not keep the last batch's mask alive
     return out_tokens
