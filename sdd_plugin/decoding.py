@@ -392,10 +392,14 @@ class _CpuLinears:
 
         self.modules: list = []
         self.model = None
-        try:
+        try:  # an internal op (inductor's): check once that it exists and agrees with F.linear
             op = torch.ops.mkldnn._linear_pointwise
-            usable = torch.backends.mkldnn.is_available()
-        except (AttributeError, RuntimeError):
+            x = torch.arange(24.0).reshape(3, 8).sin()  # no draw from the global RNG
+            w, b = torch.arange(40.0).reshape(5, 8).cos(), torch.arange(5.0)
+            usable = torch.backends.mkldnn.is_available() and torch.allclose(
+                op(x, w, b, "none", [], ""), torch.nn.functional.linear(x, w, b), atol=1e-5
+            )
+        except (AttributeError, RuntimeError, TypeError):
             usable = False
         params = list(model.parameters())
         if not usable or not params or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
