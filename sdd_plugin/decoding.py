@@ -36,6 +36,9 @@ function unchanged. The mask is built by transformers' own ``sdpa_mask``.
 
 from __future__ import annotations
 
+import functools
+import weakref
+
 ATTENTION_NAME = "sdd_gqa_sdpa"
 #: up to this many queries per row (decode steps, prompt-lookup verification) take the GQA path;
 #: longer ones (prefill) go to the stock ``sdpa`` function
@@ -392,39 +395,33 @@ class _CpuLinears:
 
         self.modules: list = []
         self.model = None
-        try:  # an internal op (inductor's): check once that it exists and agrees with F.linear
-            op = torch.ops.mkldnn._linear_pointwise
-            x = torch.arange(24.0).reshape(3, 8).sin()  # no draw from the global RNG
-            w, b = torch.arange(40.0).reshape(5, 8).cos(), torch.arange(5.0)
-            usable = torch.backends.mkldnn.is_available() and torch.allclose(
-                op(x, w, b, "none", [], ""), torch.nn.functional.linear(x, w, b), atol=1e-5
-            )
-        except (AttributeError, RuntimeError, TypeError):
-            usable = False
+        self.op = _onednn_linear()
         params = list(model.parameters())
-        if not usable or not params or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
+        if self.op is None or not params:
+            return
+        if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
             return
         if sum(p.numel() * p.element_size() for p in params) > CPU_LINEARS_MAX_BYTES:
             return  # the fused/packed weights are a second copy: only for models this small
-        self.model, self.op = model, op
-        try:  # weights reordered once into oneDNN's blocked layout (-15 % at 20-64 rows)
-            self.pack = torch.ops.mkldnn._reorder_linear_weight
-        except (AttributeError, RuntimeError):
-            self.pack = None
+        self.model = model
 
     def _linear(self, x, weight, bias):
         return self.op(x, weight, bias, "none", [], "")
 
-    def _packed(self, weight):
-        """``weight`` in oneDNN's layout for ~64-row GEMMs (any row count works), or as is."""
-        return weight if self.pack is None else self.pack(weight.detach(), PACKED_GEMM_ROWS)
-
-    def __enter__(self):
+    def _groups(self) -> list[tuple]:
+        """``(modules, weight, bias)`` per GEMM: sibling runs fused, other linears alone, with
+        oneDNN-layout weights. Made once per model and reused while its linear weights are the
+        same tensors, unmodified (same storage and version counter)."""
         import torch
 
-        if self.model is None:
-            return self
-        fused: set[int] = set()
+        linears = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+        signature = tuple((m.weight.data_ptr(), m.weight._version) for m in linears)
+        cached = _CPU_LINEAR_GROUPS.get(self.model)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        pack = _onednn_reorder()
+        prepare = (lambda w: w) if pack is None else (lambda w: pack(w, PACKED_GEMM_ROWS))
+        runs, fused = [], set()
         for parent in self.model.modules():
             for names in self.SIBLINGS:
                 mods = [getattr(parent, n, None) for n in names]
@@ -432,23 +429,33 @@ class _CpuLinears:
                     continue
                 if len({m.in_features for m in mods}) != 1 or len({m.bias is None for m in mods}) != 1:
                     continue
-                self._fuse(mods)
+                runs.append(mods)
                 fused.update(id(m) for m in mods)
-        for module in self.model.modules():
-            if isinstance(module, torch.nn.Linear) and id(module) not in fused:
-                self._plain(module)
+        runs += [[m] for m in linears if id(m) not in fused]
+        groups = []
+        for mods in runs:
+            if len(mods) == 1:  # no copy unless oneDNN lays it out anew
+                weight, bias = mods[0].weight.detach(), mods[0].bias
+            else:
+                weight = torch.cat([m.weight.detach() for m in mods])
+                bias = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])
+            groups.append((mods, prepare(weight), bias))
+        _CPU_LINEAR_GROUPS[self.model] = (signature, groups)
+        return groups
+
+    def __enter__(self):
+        if self.model is None:
+            return self
+        for mods, weight, bias in self._groups():
+            if len(mods) == 1:
+                mods[0].forward = lambda x, w=weight, b=bias: self._linear(x, w, b)
+            else:
+                self._fuse(mods, weight, bias)
+            self.modules.extend(mods)
         return self
 
-    def _plain(self, module) -> None:
-        weight, bias = self._packed(module.weight), module.bias
-        module.forward = lambda x: self._linear(x, weight, bias)
-        self.modules.append(module)
-
-    def _fuse(self, mods) -> None:
-        import torch
-
-        weight = self._packed(torch.cat([m.weight.detach() for m in mods]).contiguous())
-        bias = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])
+    def _fuse(self, mods, weight, bias) -> None:
+        """The first sibling computes the fused GEMM; the others return their slice of it."""
         sizes = [m.out_features for m in mods]
         state: dict = {}
 
@@ -471,12 +478,42 @@ class _CpuLinears:
         mods[0].forward = first
         for i, m in enumerate(mods[1:], start=1):
             m.forward = sibling(i, m)
-        self.modules.extend(mods)
 
     def __exit__(self, *exc) -> None:
         for module in self.modules:
             del module.forward  # back to the class's forward
         self.modules = []
+
+
+#: model -> (signature of its linear weights, :meth:`_CpuLinears._groups`)
+_CPU_LINEAR_GROUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@functools.cache
+def _onednn_linear():
+    """oneDNN's linear op (internal, inductor's) if it exists and agrees with ``F.linear``."""
+    import torch
+
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        x = torch.arange(24.0).reshape(3, 8).sin()  # no draw from the global RNG
+        w, b = torch.arange(40.0).reshape(5, 8).cos(), torch.arange(5.0)
+        ok = torch.backends.mkldnn.is_available() and torch.allclose(
+            op(x, w, b, "none", [], ""), torch.nn.functional.linear(x, w, b), atol=1e-5
+        )
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    return op if ok else None
+
+
+def _onednn_reorder():
+    """oneDNN's weight reorder op (weights laid out once for its GEMM), or None."""
+    import torch
+
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def _group_kwargs(model, first_cols) -> dict:

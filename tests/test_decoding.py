@@ -181,6 +181,12 @@ def test_cpu_linears_fuse_siblings_and_restore_the_model(tiny_models, monkeypatc
             torch.testing.assert_close(attn.k_proj(x), torch.nn.functional.linear(x, attn.k_proj.weight))
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
         assert not any("forward" in m.__dict__ for m in model.modules())
+        # the prepared weights are reused across calls, but not after a weight changed in place
+        model.model.layers[0].self_attn.k_proj.weight.mul_(2.0)
+        changed = model(**enc).logits
+        with decoding._CpuLinears(model):
+            torch.testing.assert_close(model(**enc).logits, changed, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(changed, ref, atol=1e-4)
         monkeypatch.setattr(decoding, "CPU_LINEARS_MAX_BYTES", 0)
         with decoding._CpuLinears(model) as fast:
             assert fast.modules == []
