@@ -68,7 +68,16 @@ def row_groups(first_columns: list[int], rows_per_call: int = ATTENTION_ROWS_PER
 
 
 def gqa_sdpa_attention_forward(
-    module, query, key, value, attention_mask, dropout=0.0, scaling=None, sdd_row_groups=None, **kwargs
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout=0.0,
+    scaling=None,
+    sdd_row_groups=None,
+    sdd_first_columns=None,
+    **kwargs,
 ):
     """``sdpa`` attention with key/value heads left unexpanded when there are few queries per row.
 
@@ -78,6 +87,9 @@ def gqa_sdpa_attention_forward(
     :func:`row_groups`, passed through the model's kwargs) splits the batch into runs of rows
     that each read the cache from their run's first column: every column left of it is masked
     for all rows of the run, so the result is the same with less of the cache read.
+    ``sdd_first_columns`` (a ``[B]`` long tensor, decode steps only) is the caller's promise that
+    row ``b`` attends exactly the columns ``[first_columns[b], L)``: single-query steps then run
+    the C kernel of :mod:`sdd_plugin.kernels` (mask unused) when it is available.
     """
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -88,6 +100,12 @@ def gqa_sdpa_attention_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    if sdd_first_columns is not None and q_len == 1 and not (dropout and module.training):
+        from .kernels import DecodeAttention, decode_attention_kernel
+
+        kernel = decode_attention_kernel()
+        if kernel is not None and DecodeAttention.supports(query, key, value):
+            return kernel(query, key, value, sdd_first_columns, scaling).transpose(1, 2), None
     if sdd_row_groups and (len(sdd_row_groups) > 1 or sdd_row_groups[0][2] > 0):
         mask = _additive_mask(attention_mask, query.dtype)
         mask = None if mask is None else mask[:, :, -q_len:, : key.shape[2]]
@@ -516,11 +534,18 @@ def _onednn_reorder():
         return None
 
 
-def _group_kwargs(model, first_cols) -> dict:
-    """``sdd_row_groups`` for a model call when the model runs ``sdd_gqa_sdpa`` attention."""
+def _group_kwargs(model, first_cols, contiguous_rows: bool = False) -> dict:
+    """``sdd_row_groups`` for a model call when the model runs ``sdd_gqa_sdpa`` attention, and
+    ``sdd_first_columns`` when ``contiguous_rows`` (every row attends all columns from its first
+    real one on: the plain decode step's layout, not prompt lookup's)."""
     if first_cols is None or getattr(model.config, "_attn_implementation", None) != ATTENTION_NAME:
         return {}
-    return {"sdd_row_groups": row_groups(first_cols)}
+    kwargs = {"sdd_row_groups": row_groups(first_cols)}
+    if contiguous_rows:
+        import torch
+
+        kwargs["sdd_first_columns"] = torch.tensor(first_cols, dtype=torch.long)
+    return kwargs
 
 
 def _next_tokens(logits, warpers, do_sample: bool, generator):
@@ -815,7 +840,7 @@ def decode_batch(
                 position_ids=next_pos,
                 past_key_values=cache,
                 use_cache=True,
-                **_group_kwargs(model, first_cols),
+                **_group_kwargs(model, first_cols, contiguous_rows=True),
             )
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
