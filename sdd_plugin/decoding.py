@@ -77,6 +77,7 @@ def gqa_sdpa_attention_forward(
     scaling=None,
     sdd_row_groups=None,
     sdd_first_columns=None,
+    sdd_stop_columns=None,
     **kwargs,
 ):
     """``sdpa`` attention with key/value heads left unexpanded when there are few queries per row.
@@ -87,9 +88,10 @@ def gqa_sdpa_attention_forward(
     :func:`row_groups`, passed through the model's kwargs) splits the batch into runs of rows
     that each read the cache from their run's first column: every column left of it is masked
     for all rows of the run, so the result is the same with less of the cache read.
-    ``sdd_first_columns`` (a ``[B]`` long tensor, decode steps only) is the caller's promise that
-    row ``b`` attends exactly the columns ``[first_columns[b], L)``: single-query steps then run
-    the C kernel of :mod:`sdd_plugin.kernels` (mask unused) when it is available.
+    ``sdd_first_columns`` (a ``[B]`` long tensor) is the caller's promise that query ``i`` of row
+    ``b`` attends exactly the columns ``[first_columns[b], stop_columns[b] + i)``
+    (``sdd_stop_columns``, default ``L - Q + 1``): the call then runs the C kernel of
+    :mod:`sdd_plugin.kernels` (the mask unused) when it is available.
     """
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -100,12 +102,13 @@ def gqa_sdpa_attention_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    if sdd_first_columns is not None and q_len == 1 and not (dropout and module.training):
+    if sdd_first_columns is not None and not (dropout and module.training):
         from .kernels import DecodeAttention, decode_attention_kernel
 
         kernel = decode_attention_kernel()
         if kernel is not None and DecodeAttention.supports(query, key, value):
-            return kernel(query, key, value, sdd_first_columns, scaling).transpose(1, 2), None
+            out = kernel(query, key, value, sdd_first_columns, scaling, stop_columns=sdd_stop_columns)
+            return out.transpose(1, 2), None
     if sdd_row_groups and (len(sdd_row_groups) > 1 or sdd_row_groups[0][2] > 0):
         mask = _additive_mask(attention_mask, query.dtype)
         mask = None if mask is None else mask[:, :, -q_len:, : key.shape[2]]
@@ -534,10 +537,10 @@ def _onednn_reorder():
         return None
 
 
-def _group_kwargs(model, first_cols, contiguous_rows: bool = False) -> dict:
+def _group_kwargs(model, first_cols, contiguous_rows: bool = False, stop_columns=None) -> dict:
     """``sdd_row_groups`` for a model call when the model runs ``sdd_gqa_sdpa`` attention, and
-    ``sdd_first_columns`` when ``contiguous_rows`` (every row attends all columns from its first
-    real one on: the plain decode step's layout, not prompt lookup's)."""
+    ``sdd_first_columns`` (with ``sdd_stop_columns`` when given) when ``contiguous_rows``: each
+    row attends every column from its first real one on, up to its new tokens."""
     if first_cols is None or getattr(model.config, "_attn_implementation", None) != ATTENTION_NAME:
         return {}
     kwargs = {"sdd_row_groups": row_groups(first_cols)}
@@ -545,6 +548,8 @@ def _group_kwargs(model, first_cols, contiguous_rows: bool = False) -> dict:
         import torch
 
         kwargs["sdd_first_columns"] = torch.tensor(first_cols, dtype=torch.long)
+        if stop_columns is not None:
+            kwargs["sdd_stop_columns"] = stop_columns
     return kwargs
 
 
@@ -684,7 +689,9 @@ def _decode_prompt_lookup(
                 position_ids=pos[:, None] + offsets,
                 past_key_values=cache,
                 use_cache=True,
-                **_group_kwargs(model, first_cols),
+                # row b's query i attends [first column, col[b] + i]: its layout, what it kept, and
+                # its new tokens up to i (rejected drafts' columns are rewritten before any read)
+                **_group_kwargs(model, first_cols, contiguous_rows=True, stop_columns=col + 1),
             ).logits.float()
         finally:
             for layer in cache.layers:

@@ -37,7 +37,7 @@ FLAG_SETS = (
     ["-O3", "-march=native", "-fno-math-errno"],
     ["-O3", "-fno-math-errno"],
 )
-_ERRORS = {1: "unsupported shape", 2: "a start column outside [0, end)", 3: "out of memory"}
+_ERRORS = {1: "unsupported shape", 2: "a row's columns (start column, stop column) outside the cache", 3: "out of memory"}
 
 
 def kernel_enabled() -> bool:
@@ -96,71 +96,83 @@ class DecodeAttention:
         self.library = library
         fn = ctypes.CDLL(str(library)).sdd_decode_attention  # CDLL: the GIL is released during calls
         p, i64, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-        fn.argtypes = [p, i64, i64, p, i64, i64, p, i64, i64, p, i64, i64, p, i64, i64, i32, i32, i32,
-                       ctypes.c_float, i32]
+        fn.argtypes = [p, i64, i64, p, i64, i64, p, i64, i64, p, i64, i64, p, p, i64, i64, i32, i32, i32,
+                       i32, ctypes.c_float, i32]
         fn.restype = i32
         self._fn = fn
 
     @staticmethod
     def supports(query, key, value) -> bool:
-        """Whether these ``[B, KVH*G, 1, D]`` queries and ``[B, KVH, L, D]`` keys/values fit the kernel."""
+        """Whether ``[B, KVH*G, Q, D]`` queries and ``[B, KVH, L, D]`` keys/values fit the kernel."""
         import torch
 
         batch, heads, q_len, dim = query.shape
         kv_heads = key.shape[1]
         return (
-            q_len == 1
-            and query.dtype == key.dtype == value.dtype == torch.float32
+            query.dtype == key.dtype == value.dtype == torch.float32
             and query.device.type == key.device.type == value.device.type == "cpu"
             and heads % kv_heads == 0
-            and heads // kv_heads <= 64
+            and heads // kv_heads * q_len <= 64
             and dim % 8 == 0
             and key.shape == value.shape
             and key.stride(3) == value.stride(3) == 1
             and key.stride(2) == value.stride(2) == dim
         )
 
-    def __call__(self, query, key, value, first_columns, scaling: float | None = None):
-        """Attention of ``[B, H, 1, D]`` queries on ``[B, KVH, L, D]`` keys/values where row ``b``
-        attends exactly columns ``[first_columns[b], L)``; returns ``[B, H, 1, D]``."""
+    def __call__(self, query, key, value, first_columns, scaling: float | None = None, stop_columns=None):
+        """Attention of ``[B, H, Q, D]`` queries on ``[B, KVH, L, D]`` keys/values; returns
+        ``[B, H, Q, D]``. Query ``i`` of row ``b`` attends exactly the columns
+        ``[first_columns[b], stop_columns[b] + i)``; without ``stop_columns`` the row's ``Q`` new
+        tokens are the last ``Q`` columns (``stop = L - Q + 1``)."""
         import torch
 
-        batch, heads, _, dim = query.shape
+        batch, heads, q_len, dim = query.shape
         kv_heads, end = key.shape[1], key.shape[2]
         group = heads // kv_heads
-        q = query.reshape(batch, kv_heads, group, dim).contiguous()
+        # query head h uses key/value head h // group; [B, KVH, G * Q, D], row g * Q + i
+        q = query.reshape(batch, kv_heads, group * q_len, dim).contiguous()
         starts = first_columns.to(device="cpu", dtype=torch.long).contiguous()
-        if starts.shape != (batch,):
-            raise ValueError(f"first_columns has shape {tuple(starts.shape)}, expected ({batch},)")
+        stops = None if stop_columns is None else stop_columns.to(device="cpu", dtype=torch.long).contiguous()
+        for name, cols in (("first_columns", starts), ("stop_columns", stops)):
+            if cols is not None and cols.shape != (batch,):
+                raise ValueError(f"{name} has shape {tuple(cols.shape)}, expected ({batch},)")
         out = torch.empty_like(q)
         code = self._fn(
             q.data_ptr(), q.stride(0), q.stride(1),
             key.data_ptr(), key.stride(0), key.stride(1),
             value.data_ptr(), value.stride(0), value.stride(1),
             out.data_ptr(), out.stride(0), out.stride(1),
-            starts.data_ptr(), end, batch, kv_heads, group, dim,
+            starts.data_ptr(), None if stops is None else stops.data_ptr(), end,
+            batch, kv_heads, group, q_len, dim,
             dim**-0.5 if scaling is None else float(scaling), torch.get_num_threads(),
         )  # fmt: skip
         if code:
             raise RuntimeError(f"decode attention kernel: {_ERRORS.get(code, code)}")
-        return out.reshape(batch, heads, 1, dim)
+        return out.reshape(batch, heads, q_len, dim)
 
 
 def _self_check(kernel: DecodeAttention) -> bool:
-    """The kernel against SDPA on deterministic inputs (odd lengths, group 3 and 5, 1-column rows)."""
+    """The kernel against SDPA on deterministic inputs: odd lengths, groups of 3 and 5, a row
+    with one column, and 3 causal queries a row ending at different columns."""
     import torch
     import torch.nn.functional as F
 
-    for group, dim in ((3, 64), (5, 16)):
+    cols = torch.arange(37)
+    for group, dim, q_len in ((3, 64, 1), (5, 16, 1), (3, 16, 3)):
         n = torch.arange(4 * 2 * 37 * dim, dtype=torch.float32)
         key, value = n.sin().reshape(4, 2, 37, dim), n.cos().reshape(4, 2, 37, dim)
-        query = torch.arange(4 * 2 * group * dim, dtype=torch.float32).mul(0.37).sin().reshape(4, 2 * group, 1, dim)
-        starts = torch.tensor([0, 5, 36, 17])
-        mask = (torch.arange(37)[None] >= starts[:, None])[:, None, None, :]
+        query = torch.arange(4 * 2 * group * q_len * dim, dtype=torch.float32).mul(0.37).sin()
+        query = query.reshape(4, 2 * group, q_len, dim)
+        starts = torch.tensor([0, 5, 34, 17])
+        stops = torch.tensor([35, 30, 35, 21]) if q_len > 1 else None
+        ends = (stops if stops is not None else torch.full((4,), 37)) + torch.arange(q_len)[:, None]  # [Q, B]
+        mask = (cols[None, None] >= starts[None, :, None]) & (cols[None, None] < ends[:, :, None])
+        mask = mask.permute(1, 0, 2)[:, None]  # [B, 1, Q, L]
         expect = F.scaled_dot_product_attention(
             query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), attn_mask=mask
         )
-        if not torch.allclose(kernel(query, key, value, starts), expect, atol=1e-5, rtol=1e-4):
+        got = kernel(query, key, value, starts, stop_columns=stops)
+        if not torch.allclose(got, expect, atol=1e-5, rtol=1e-4):
             return False
     return True
 

@@ -164,6 +164,83 @@ def test_row_grouped_attention_skips_only_masked_columns(queries):
     torch.testing.assert_close(wrong[1:], ref[1:], rtol=1e-5, atol=1e-6)
 
 
+def _kernel():
+    import shutil
+
+    from sdd_plugin.kernels import _compiler, decode_attention_kernel
+
+    if _compiler() is None and shutil.which("cc") is None:
+        pytest.skip("no C compiler on this machine: the engine stays on SDPA")
+    kernel = decode_attention_kernel()
+    assert kernel is not None, "a C compiler is here, so the kernel must build and pass its self-check"
+    return kernel
+
+
+@pytest.mark.parametrize("group, dim", [(1, 8), (2, 16), (3, 64), (5, 24), (8, 128)])
+def test_decode_attention_kernel_equals_sdpa_on_each_rows_columns(group, dim):
+    """The C kernel (via ``sdd_first_columns``) equals stock SDPA with the padding mask, for
+    group sizes 1-8, head sizes 8-128, odd lengths and a row with a single real column; a wrong
+    first column changes exactly that row; a first column past the end is refused."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    _kernel()
+    torch.manual_seed(group * 100 + dim)
+    batch, kv_heads, length = 5, 3, 21
+    heads = kv_heads * group
+    firsts = [0, 3, 4, 11, 20]  # row 4 attends one column
+    q = torch.randn(batch, heads, 1, dim)
+    k = torch.randn(batch, kv_heads, length + 6, dim)[:, :, :length]  # a view of a larger buffer
+    v = torch.randn(batch, kv_heads, length + 6, dim)[:, :, :length]
+    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    for row, first in enumerate(firsts):
+        mask[row, :, :, :first] = False
+    module = torch.nn.Module()
+    module.num_key_value_groups = group
+    module.is_causal = True
+    module.training = False
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5)
+    cols = torch.tensor(firsts)
+    fast, _ = gqa_sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5, sdd_first_columns=cols)
+    assert fast.shape == ref.shape == (batch, 1, heads, dim)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    wrong, _ = gqa_sdpa_attention_forward(
+        module, q, k, v, mask, scaling=dim**-0.5, sdd_first_columns=torch.tensor([0, 3, 5, 11, 20])
+    )
+    assert not torch.allclose(wrong[2], ref[2], atol=1e-4)
+    torch.testing.assert_close(wrong[[0, 1, 3, 4]], ref[[0, 1, 3, 4]], rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="start column"):
+        gqa_sdpa_attention_forward(
+            module, q, k, v, mask, scaling=dim**-0.5, sdd_first_columns=torch.tensor([0, 3, 4, 11, length])
+        )
+
+
+def test_engine_runs_decode_steps_on_the_kernel_and_sdpa_agrees(tiny_models, monkeypatch):
+    """With the kernel, every plain decode step's attention goes through it; with
+    ``SDD_DECODE_KERNEL=0`` none does, and the greedy tokens are the same."""
+    from sdd_plugin.kernels import DecodeAttention
+
+    _kernel()
+    calls = []
+    original = DecodeAttention.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[0].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DecodeAttention, "__call__", counting)
+    model, tok = _load(tiny_models("llama"), attention="gqa")
+    _, enc = _batch(tok, PROMPTS)
+    run = dict(max_new_tokens=6, eos_ids=[-1])
+    with_kernel = decode_batch(model, enc["input_ids"], enc["attention_mask"], **run)
+    layers = model.config.num_hidden_layers
+    assert len(calls) == 5 * layers and set(calls) == {len(PROMPTS)}  # 5 steps after the prefill
+    calls.clear()
+    monkeypatch.setenv("SDD_DECODE_KERNEL", "0")
+    without = decode_batch(model, enc["input_ids"], enc["attention_mask"], **run)
+    assert calls == []
+    assert with_kernel == without
+
+
 def test_cpu_linears_fuse_siblings_and_restore_the_model(tiny_models, monkeypatch):
     """Inside ``_CpuLinears`` the model gives the same logits through oneDNN GEMMs with fused
     q/k/v and gate/up; a sibling called on another input computes its own product; on exit

@@ -1,9 +1,10 @@
 /* Single-query decode attention on CPU, fp32, grouped-query heads unexpanded.
  *
  * Built on first use by sdd_plugin/kernels.py with the system C compiler and loaded with ctypes.
- * Each batch row attends one contiguous run of cache columns [start[b], end): the decode engine
+ * Each batch row attends one contiguous run of cache columns from start[b]: the decode engine
  * keeps every row's cache as [left padding | prompt | generated], so the padding is never read.
- * Per (row, key/value head): scores of its G query heads against the run's keys (one pass over
+ * A row may bring Q > 1 new tokens (prompt-lookup verification), causal among themselves.
+ * Per (row, key/value head): scores of its G x Q queries against the run's keys (one pass over
  * K), a softmax, and the weighted sum of the values (one pass over V). Rows x heads are split
  * over `nthreads` threads by column count: OpenMP when built with -fopenmp (the library then
  * shares the libgomp that torch loaded, and its thread pool), else POSIX threads. Plain C with GCC/Clang vector extensions; no
@@ -58,9 +59,11 @@ static inline v8 vexp(v8 x) {
   return y * p;
 }
 
-/* One (row, kv head): q [G][D], k/v [L][D], out [G][D]; s is scratch of G * L floats. */
-static void attend(const float *q, const float *k, const float *v, float *out, long L, int G, int D,
-                   float scale, float *s) {
+/* One (row, kv head): q [G][D] (G = heads x queries, query i of a head is row g with
+ * g % Q == i), k/v [L][D], out [G][D]; s is scratch of G * L floats. Query i attends the first
+ * `open + i` columns (causal among the row's Q new tokens, which are the last Q - 1 columns). */
+static void attend(const float *q, const float *k, const float *v, float *out, long L, int G, int Q,
+                   long open, int D, float scale, float *s) {
   for (int g0 = 0; g0 < G; g0 += 4) { /* scores, four query heads and two columns at a time */
     int gn = G - g0 < 4 ? G - g0 : 4;
     const float *qb = q + (long)g0 * D;
@@ -93,6 +96,7 @@ static void attend(const float *q, const float *k, const float *v, float *out, l
   float inv[MAX_GROUP];
   for (int g = 0; g < G; g++) { /* softmax */
     float *sg = s + (long)g * L, m = -INFINITY, sum;
+    for (long j = open + g % Q; j < L; j++) sg[j] = -INFINITY; /* a later new token */
     for (long j = 0; j < L; j++) m = sg[j] > m ? sg[j] : m;
     v8 acc = {0};
     long j = 0;
@@ -125,46 +129,53 @@ typedef struct {
   const float *q, *k, *v;
   float *out;
   long q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, o_sb, o_sh;
-  const long *start;
+  const long *start, *stop;
   long end, item0, item1;
-  int kv_heads, group, dim;
+  int kv_heads, group, queries, dim;
   float scale;
   int failed;
 } job_t;
 
+static inline long row_stop(const job_t *J, long b) { return J->stop ? J->stop[b] : J->end - J->queries + 1; }
+
 static void *run(void *arg) {
   job_t *J = (job_t *)arg;
   long longest = 1;
-  for (long it = J->item0; it < J->item1; it++)
-    if (J->end - J->start[it / J->kv_heads] > longest) longest = J->end - J->start[it / J->kv_heads];
-  float *s = (float *)malloc(sizeof(float) * longest * J->group);
+  for (long it = J->item0; it < J->item1; it++) {
+    long b = it / J->kv_heads, L = row_stop(J, b) + J->queries - 1 - J->start[b];
+    if (L > longest) longest = L;
+  }
+  float *s = (float *)malloc(sizeof(float) * longest * J->group * J->queries);
   if (!s) {
     J->failed = 1;
     return 0;
   }
   for (long it = J->item0; it < J->item1; it++) {
-    long b = it / J->kv_heads, h = it % J->kv_heads, c = J->start[b];
+    long b = it / J->kv_heads, h = it % J->kv_heads, c = J->start[b], open = row_stop(J, b) - c;
     attend(J->q + b * J->q_sb + h * J->q_sh, J->k + b * J->k_sb + h * J->k_sh + c * J->dim,
-           J->v + b * J->v_sb + h * J->v_sh + c * J->dim, J->out + b * J->o_sb + h * J->o_sh, J->end - c,
-           J->group, J->dim, J->scale, s);
+           J->v + b * J->v_sb + h * J->v_sh + c * J->dim, J->out + b * J->o_sb + h * J->o_sh,
+           open + J->queries - 1, J->group * J->queries, J->queries, open, J->dim, J->scale, s);
   }
   free(s);
   return 0;
 }
 
-/* q [B, KVH, G, D] (G query heads per key/value head, D contiguous), k/v [B, KVH, >= end, D]
- * (D contiguous, column stride D), out [B, KVH, G, D]; strides in floats. Row b attends columns
- * [start[b], end). Returns 0, or 1 for an unsupported shape (G > 64, D not a multiple of 8),
- * 2 for a start outside [0, end), 3 if out of memory. */
+/* q [B, KVH, G * Q, D] (G query heads per key/value head, Q queries per row; row g * Q + i is
+ * head g, query i; D contiguous), k/v [B, KVH, >= end, D] (D contiguous, column stride D), out
+ * like q; strides in floats. Query i of row b attends columns [start[b], stop[b] + i): stop NULL
+ * means end - Q + 1 for every row (the new tokens are each row's last Q columns). Returns 0, or
+ * 1 for an unsupported shape (G * Q > 64, D not a multiple of 8), 2 for a row whose columns are
+ * not inside [0, end), 3 if out of memory. */
 int sdd_decode_attention(const float *q, long q_sb, long q_sh, const float *k, long k_sb, long k_sh,
                          const float *v, long v_sb, long v_sh, float *out, long o_sb, long o_sh,
-                         const long *start, long end, long batch, int kv_heads, int group, int dim,
-                         float scale, int nthreads) {
-  if (group < 1 || group > MAX_GROUP || dim < 8 || dim % 8 || kv_heads < 1) return 1;
+                         const long *start, const long *stop, long end, long batch, int kv_heads,
+                         int group, int queries, int dim, float scale, int nthreads) {
+  if (group < 1 || queries < 1 || group * queries > MAX_GROUP || dim < 8 || dim % 8 || kv_heads < 1) return 1;
   long items = batch * kv_heads, total = 0;
   for (long b = 0; b < batch; b++) {
-    if (start[b] < 0 || start[b] >= end) return 2;
-    total += (end - start[b]) * kv_heads;
+    long to = stop ? stop[b] : end - queries + 1;
+    if (start[b] < 0 || to <= start[b] || to + queries - 1 > end) return 2;
+    total += (to + queries - 1 - start[b]) * kv_heads;
   }
   if (nthreads < 1) nthreads = 1;
   if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
@@ -174,11 +185,12 @@ int sdd_decode_attention(const float *q, long q_sb, long q_sh, const float *k, l
   int started[MAX_THREADS] = {0};
   long it = 0, acc = 0;
   for (int t = 0; t < nthreads; t++) { /* contiguous item ranges with about equal columns */
-    job_t J = {q, k, v, out, q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, o_sb, o_sh, start, end, it, it,
-               kv_heads, group, dim, scale, 0};
+    job_t J = {q, k, v, out, q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, o_sb, o_sh, start, stop, end, it, it,
+               kv_heads, group, queries, dim, scale, 0};
     long target = total * (t + 1) / nthreads;
     while (it < items && (acc < target || t == nthreads - 1)) {
-      acc += end - start[it / kv_heads];
+      long b = it / kv_heads;
+      acc += (stop ? stop[b] : end - queries + 1) + queries - 1 - start[b];
       it++;
     }
     J.item1 = it;
