@@ -37,7 +37,11 @@ FLAG_SETS = (
     ["-O3", "-march=native", "-fno-math-errno"],
     ["-O3", "-fno-math-errno"],
 )
-_ERRORS = {1: "unsupported shape", 2: "a row's columns (start column, stop column) outside the cache", 3: "out of memory"}
+_ERRORS = {
+    1: "unsupported shape",
+    2: "a row's columns (start column, stop column) outside the cache",
+    3: "out of memory",
+}
 
 
 def kernel_enabled() -> bool:
@@ -69,10 +73,8 @@ def build_decode_attention(compiler: str | None = None) -> Path:
     source = SOURCE.read_bytes()
     errors = []
     for flags in FLAG_SETS:
-        key = hashlib.sha256(
-            b"\0".join([source, " ".join(flags).encode(), "".join(version).encode(), _cpu_key().encode(),
-                        platform.machine().encode()])
-        ).hexdigest()[:16]
+        parts = [" ".join(flags), "".join(version), _cpu_key(), platform.machine()]
+        key = hashlib.sha256(b"\0".join([source, *(part.encode() for part in parts)])).hexdigest()[:16]
         out = cache_dir() / "kernels" / f"decode_attention-{key}.so"
         if out.exists():
             return out
@@ -96,8 +98,9 @@ class DecodeAttention:
         self.library = library
         fn = ctypes.CDLL(str(library)).sdd_decode_attention  # CDLL: the GIL is released during calls
         p, i64, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-        fn.argtypes = [p, i64, i64, p, i64, i64, p, i64, i64, p, i64, i64, p, p, i64, i64, i32, i32, i32,
-                       i32, ctypes.c_float, i32]
+        # q, k, v, out (pointer, batch stride, head stride); start, stop, end, batch, kv_heads,
+        # group, queries, dim, scale, threads
+        fn.argtypes = [p, i64, i64] * 4 + [p, p, i64, i64, i32, i32, i32, i32, ctypes.c_float, i32]
         fn.restype = i32
         self._fn = fn
 
