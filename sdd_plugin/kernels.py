@@ -31,7 +31,10 @@ from .cache import cache_dir
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_attention.c"
-#: compiler flags, tried in order: the first that builds is used (``-march=native`` first)
+#: compiler flags, tried in order: the first that builds is used (``-march=native`` first).
+#: ``-fopenmp`` only where torch itself runs on GNU OpenMP (``libgomp.so.1`` is then already
+#: loaded, and the kernel's threads are torch's); a second OpenMP runtime beside torch's would
+#: spin against it, so otherwise the kernel uses POSIX threads.
 FLAG_SETS = (
     ["-O3", "-march=native", "-fno-math-errno", "-fopenmp"],
     ["-O3", "-march=native", "-fno-math-errno"],
@@ -64,6 +67,27 @@ def _cpu_key() -> str:
     return "\n".join(sorted(set(keep)))
 
 
+def _torch_on_libgomp() -> bool:
+    """Whether the loaded torch runs on GNU OpenMP (``libgomp``), read from the process's maps."""
+    import torch  # noqa: F401  (its OpenMP runtime must be loaded before looking)
+
+    names = {Path(path).name for path in openmp_runtimes()}
+    # the kernel links libgomp.so.1: it reuses a loaded one of that name (vendored copies, such
+    # as scikit-learn's libgomp-<hash>.so.1, have other names and do not count)
+    return any(name.startswith("libgomp.so") for name in names) and not any(
+        name.startswith(("libiomp5", "libomp.so")) for name in names
+    )
+
+
+def openmp_runtimes() -> set[str]:
+    """Paths of the OpenMP runtimes mapped into this process (empty where /proc is missing)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    return {line.split()[-1] for line in lines if any(n in line for n in ("libgomp", "libomp", "libiomp"))}
+
+
 def build_decode_attention(compiler: str | None = None) -> Path:
     """Compile ``csrc/decode_attention.c`` into the cache (once) and return the shared library."""
     cc = compiler or _compiler()
@@ -72,7 +96,10 @@ def build_decode_attention(compiler: str | None = None) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     source = SOURCE.read_bytes()
     errors = []
+    openmp = _torch_on_libgomp()
     for flags in FLAG_SETS:
+        if "-fopenmp" in flags and not openmp:
+            continue
         parts = [" ".join(flags), "".join(version), _cpu_key(), platform.machine()]
         key = hashlib.sha256(b"\0".join([source, *(part.encode() for part in parts)])).hexdigest()[:16]
         out = cache_dir() / "kernels" / f"decode_attention-{key}.so"

@@ -214,6 +214,26 @@ def test_decode_attention_kernel_equals_sdpa_on_each_rows_columns(group, dim):
         )
 
 
+def test_kernel_is_cached_and_shares_torchs_openmp_runtime():
+    """The kernel builds once into the cache (a second build returns the same file) and loading
+    it beside torch maps no new OpenMP runtime (two would spin against each other); checked in a
+    fresh process so only torch's runtime is there before."""
+    import subprocess
+    import sys
+
+    from sdd_plugin.kernels import build_decode_attention
+
+    kernel = _kernel()
+    assert kernel.library == build_decode_attention()
+    code = (
+        "import torch; from sdd_plugin import kernels as k; before = k.openmp_runtimes(); "
+        "assert k.decode_attention_kernel() is not None; print(sorted(before)); print(sorted(k.openmp_runtimes()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = out.stdout.strip().splitlines()[-2:]
+    assert after == before
+
+
 def test_engine_runs_decode_steps_on_the_kernel_and_sdpa_agrees(tiny_models, monkeypatch):
     """With the kernel, every plain decode step's attention goes through it; with
     ``SDD_DECODE_KERNEL=0`` none does, and the greedy tokens are the same."""
