@@ -1,6 +1,7 @@
-"""The decode engine's one hand-written kernel: single-query attention on CPU (``csrc/``).
+"""The decode engine's one hand-written kernel: decode attention on CPU (``csrc/``).
 
-Why hand-written: a decode step reads every row's whole KV cache once, and on CPU neither
+It serves decode steps (one query a row) and prompt-lookup verification (a few causal queries a
+row). Why hand-written: a decode step reads every row's whole KV cache once, and on CPU neither
 PyTorch's flash-attention kernel nor a batched GEMM does that at the memory's speed when each
 (row, head) has three queries against a few hundred 64-float keys. Measured on 2 AVX2 cores,
 64 rows x ~375 columns x 30 layers (``benchmarks/distill_throughput.py`` prompts): SDPA with
@@ -119,7 +120,7 @@ def build_decode_attention(compiler: str | None = None) -> Path:
 
 
 class DecodeAttention:
-    """ctypes binding of ``sdd_decode_attention``: call it with ``[B, KVH, G, D]`` queries."""
+    """ctypes binding of ``sdd_decode_attention``: call it with ``[B, H, Q, D]`` queries."""
 
     def __init__(self, library: Path) -> None:
         self.library = library

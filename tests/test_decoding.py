@@ -165,11 +165,9 @@ def test_row_grouped_attention_skips_only_masked_columns(queries):
 
 
 def _kernel():
-    import shutil
-
     from sdd_plugin.kernels import _compiler, decode_attention_kernel
 
-    if _compiler() is None and shutil.which("cc") is None:
+    if _compiler() is None:
         pytest.skip("no C compiler on this machine: the engine stays on SDPA")
     kernel = decode_attention_kernel()
     assert kernel is not None, "a C compiler is here, so the kernel must build and pass its self-check"
