@@ -539,19 +539,20 @@ def _onednn_reorder():
         return None
 
 
-def _group_kwargs(model, first_cols, contiguous_rows: bool = False, stop_columns=None) -> dict:
-    """``sdd_row_groups`` for a model call when the model runs ``sdd_gqa_sdpa`` attention, and
-    ``sdd_first_columns`` (with ``sdd_stop_columns`` when given) when ``contiguous_rows``: each
-    row attends every column from its first real one on, up to its new tokens."""
+def _group_kwargs(model, first_cols, stop_columns=None) -> dict:
+    """``sdd_row_groups`` and ``sdd_first_columns`` (with ``sdd_stop_columns`` when given) for a
+    model call when the model runs ``sdd_gqa_sdpa`` attention: each row attends every column from
+    its first real one on, up to its new tokens."""
+    import torch
+
     if first_cols is None or getattr(model.config, "_attn_implementation", None) != ATTENTION_NAME:
         return {}
-    kwargs = {"sdd_row_groups": row_groups(first_cols)}
-    if contiguous_rows:
-        import torch
-
-        kwargs["sdd_first_columns"] = torch.tensor(first_cols, dtype=torch.long)
-        if stop_columns is not None:
-            kwargs["sdd_stop_columns"] = stop_columns
+    kwargs = {
+        "sdd_row_groups": row_groups(first_cols),
+        "sdd_first_columns": torch.tensor(first_cols, dtype=torch.long),
+    }
+    if stop_columns is not None:
+        kwargs["sdd_stop_columns"] = stop_columns
     return kwargs
 
 
@@ -693,7 +694,7 @@ def _decode_prompt_lookup(
                 use_cache=True,
                 # row b's query i attends [first column, col[b] + i]: its layout, what it kept, and
                 # its new tokens up to i (rejected drafts' columns are rewritten before any read)
-                **_group_kwargs(model, first_cols, contiguous_rows=True, stop_columns=col + 1),
+                **_group_kwargs(model, first_cols, stop_columns=col + 1),
             ).logits.float()
         finally:
             for layer in cache.layers:
@@ -849,7 +850,7 @@ def decode_batch(
                 position_ids=next_pos,
                 past_key_values=cache,
                 use_cache=True,
-                **_group_kwargs(model, first_cols, contiguous_rows=True),
+                **_group_kwargs(model, first_cols),
             )
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1

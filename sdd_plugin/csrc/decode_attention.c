@@ -136,13 +136,16 @@ typedef struct {
   int failed;
 } job_t;
 
-static inline long row_stop(const job_t *J, long b) { return J->stop ? J->stop[b] : J->end - J->queries + 1; }
+/* Row b's first query attends up to this column (exclusive): stop[b], or the last column. */
+static inline long stop_column(const long *stop, long end, int queries, long b) {
+  return stop ? stop[b] : end - queries + 1;
+}
 
 static void *run(void *arg) {
   job_t *J = (job_t *)arg;
   long longest = 1;
   for (long it = J->item0; it < J->item1; it++) {
-    long b = it / J->kv_heads, L = row_stop(J, b) + J->queries - 1 - J->start[b];
+    long b = it / J->kv_heads, L = stop_column(J->stop, J->end, J->queries, b) + J->queries - 1 - J->start[b];
     if (L > longest) longest = L;
   }
   float *s = (float *)malloc(sizeof(float) * longest * J->group * J->queries);
@@ -151,7 +154,7 @@ static void *run(void *arg) {
     return 0;
   }
   for (long it = J->item0; it < J->item1; it++) {
-    long b = it / J->kv_heads, h = it % J->kv_heads, c = J->start[b], open = row_stop(J, b) - c;
+    long b = it / J->kv_heads, h = it % J->kv_heads, c = J->start[b], open = stop_column(J->stop, J->end, J->queries, b) - c;
     attend(J->q + b * J->q_sb + h * J->q_sh, J->k + b * J->k_sb + h * J->k_sh + c * J->dim,
            J->v + b * J->v_sb + h * J->v_sh + c * J->dim, J->out + b * J->o_sb + h * J->o_sh,
            open + J->queries - 1, J->group * J->queries, J->queries, open, J->dim, J->scale, s);
@@ -173,7 +176,7 @@ int sdd_decode_attention(const float *q, long q_sb, long q_sh, const float *k, l
   if (group < 1 || queries < 1 || group * queries > MAX_GROUP || dim < 8 || dim % 8 || kv_heads < 1) return 1;
   long items = batch * kv_heads, total = 0;
   for (long b = 0; b < batch; b++) {
-    long to = stop ? stop[b] : end - queries + 1;
+    long to = stop_column(stop, end, queries, b);
     if (start[b] < 0 || to <= start[b] || to + queries - 1 > end) return 2;
     total += (to + queries - 1 - start[b]) * kv_heads;
   }
@@ -181,8 +184,6 @@ int sdd_decode_attention(const float *q, long q_sb, long q_sh, const float *k, l
   if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
   if (nthreads > items) nthreads = (int)items;
   job_t jobs[MAX_THREADS];
-  pthread_t tid[MAX_THREADS];
-  int started[MAX_THREADS] = {0};
   long it = 0, acc = 0;
   for (int t = 0; t < nthreads; t++) { /* contiguous item ranges with about equal columns */
     job_t J = {q, k, v, out, q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, o_sb, o_sh, start, stop, end, it, it,
@@ -190,7 +191,7 @@ int sdd_decode_attention(const float *q, long q_sb, long q_sh, const float *k, l
     long target = total * (t + 1) / nthreads;
     while (it < items && (acc < target || t == nthreads - 1)) {
       long b = it / kv_heads;
-      acc += (stop ? stop[b] : end - queries + 1) + queries - 1 - start[b];
+      acc += stop_column(stop, end, queries, b) + queries - 1 - start[b];
       it++;
     }
     J.item1 = it;
@@ -198,11 +199,11 @@ int sdd_decode_attention(const float *q, long q_sb, long q_sh, const float *k, l
   }
 #ifdef _OPENMP
   /* loaded after torch, libgomp.so.1 resolves to torch's own: its (already spinning) threads */
-  (void)tid;
-  (void)started;
 #pragma omp parallel for num_threads(nthreads) schedule(static, 1)
   for (int t = 0; t < nthreads; t++) run(&jobs[t]);
 #else
+  pthread_t tid[MAX_THREADS];
+  int started[MAX_THREADS] = {0};
   for (int t = 1; t < nthreads; t++) started[t] = pthread_create(&tid[t], 0, run, &jobs[t]) == 0;
   run(&jobs[0]);
   for (int t = 1; t < nthreads; t++) {
