@@ -556,6 +556,16 @@ def _group_kwargs(model, first_cols, stop_columns=None) -> dict:
     return kwargs
 
 
+def _lean_step(model, first_cols):
+    """:class:`~sdd_plugin.decode_step.LeanDecodeStep` for a model decoding on the preallocated
+    cache with ``sdd_gqa_sdpa`` attention, else None (the stock forward)."""
+    if first_cols is None or getattr(model.config, "_attn_implementation", None) != ATTENTION_NAME:
+        return None
+    from .decode_step import LeanDecodeStep
+
+    return LeanDecodeStep.for_model(model)
+
+
 def _next_tokens(logits, warpers, do_sample: bool, generator):
     """``[B]`` next tokens from ``[B, V]`` logits: argmax, or a draw from the warped softmax."""
     import torch
@@ -616,6 +626,7 @@ def _decode_prompt_lookup(
     warpers,
     do_sample: bool,
     generator,
+    lean=None,
 ) -> list[list[int]]:
     """Decode with prompt lookup (Saxena 2023; ``prompt_lookup_num_tokens`` in transformers).
 
@@ -678,24 +689,27 @@ def _decode_prompt_lookup(
         )  # filler after short drafts: verified like any draft
         offsets = torch.arange(width_q, device=device)
         write = col[:, None] + offsets  # [n, q]
-        span = int(write.max()) + 1
-        cols = torch.arange(span, device=device)
-        old = valid[:, :span] & (cols[None] < col[:, None])  # [n, span]
-        new = (cols[None, None] >= col[:, None, None]) & (cols[None, None] <= write[:, :, None])
-        mask = (old[:, None, :] | new)[:, None]  # [n, 1, q, span]
         for layer in cache.layers:
             layer.write_columns = write
         try:
-            logits = model(
-                input_ids=inp,
-                attention_mask=mask,
-                position_ids=pos[:, None] + offsets,
-                past_key_values=cache,
-                use_cache=True,
-                # row b's query i attends [first column, col[b] + i]: its layout, what it kept, and
-                # its new tokens up to i (rejected drafts' columns are rewritten before any read)
-                **_group_kwargs(model, first_cols, stop_columns=col + 1),
-            ).logits.float()
+            # row b's query i attends [first column, col[b] + i]: its layout, what it kept, and
+            # its new tokens up to i (rejected drafts' columns are rewritten before any read)
+            if lean is not None:
+                first = torch.tensor(first_cols, dtype=torch.long)
+                logits = lean(inp, pos[:, None] + offsets, cache, first, stop_columns=col + 1).float()
+            else:
+                span = int(write.max()) + 1
+                cols = torch.arange(span, device=device)
+                old = valid[:, :span] & (cols[None] < col[:, None])  # [n, span]
+                new = (cols[None, None] >= col[:, None, None]) & (cols[None, None] <= write[:, :, None])
+                logits = model(
+                    input_ids=inp,
+                    attention_mask=(old[:, None, :] | new)[:, None],  # [n, 1, q, span]
+                    position_ids=pos[:, None] + offsets,
+                    past_key_values=cache,
+                    use_cache=True,
+                    **_group_kwargs(model, first_cols, stop_columns=col + 1),
+                ).logits.float()
         finally:
             for layer in cache.layers:
                 layer.write_columns = None
@@ -800,6 +814,8 @@ def decode_batch(
         # each slot's first real column: the attention of a decode step skips the columns left
         # of it (on the preallocated cache, whose rows are left-padded prompts)
         first_cols = (mask.shape[1] - next_pos[:, 0]).tolist() if full_attention else None
+        lean = _lean_step(model, first_cols)
+        first_tensor = None if first_cols is None else torch.tensor(first_cols, dtype=torch.long)
         alive = torch.arange(rows, device=device)  # original row of each batch slot
         running = torch.ones(rows, dtype=torch.bool, device=device)  # slot not finished yet
         for step in range(max_new_tokens):
@@ -822,6 +838,7 @@ def decode_batch(
                     warpers=warpers,
                     do_sample=do_sample,
                     generator=generator,
+                    lean=lean,
                 )
                 for r, tokens in zip(slots, rest):
                     out_tokens[r].extend(tokens)
@@ -843,16 +860,20 @@ def decode_batch(
                 running = running[keep]
                 if first_cols is not None:
                     first_cols = [first_cols[i] for i in keep.tolist()]
+                    first_tensor = torch.tensor(first_cols, dtype=torch.long)
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            out = model(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=next_pos,
-                past_key_values=cache,
-                use_cache=True,
-                **_group_kwargs(model, first_cols),
-            )
-            logits = out.logits[:, -1, :]
+            if lean is not None:
+                logits = lean(tokens[:, None], next_pos, cache, first_tensor)[:, -1, :]
+            else:
+                out = model(
+                    input_ids=tokens[:, None],
+                    attention_mask=mask,
+                    position_ids=next_pos,
+                    past_key_values=cache,
+                    use_cache=True,
+                    **_group_kwargs(model, first_cols),
+                )
+                logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
     _ADDITIVE_MASK[:] = [None, None]  # do not keep the last batch's mask alive
     return out_tokens

@@ -259,6 +259,73 @@ def test_engine_runs_decode_steps_on_the_kernel_and_sdpa_agrees(tiny_models, mon
     assert with_kernel == without
 
 
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_lean_decode_step_gives_the_stock_forwards_logits_bit_for_bit(tiny_models, arch, monkeypatch):
+    """The lean step (the model's modules without transformers' per-call plumbing) returns exactly
+    the logits of the stock forward, for one token a row and for several tokens a row written at
+    per-row columns (prompt lookup); models with sliding-window layers (gemma3, mistral's config)
+    and ``SDD_LEAN_DECODE=0`` get None, i.e. the stock forward."""
+    from sdd_plugin.decode_step import LeanDecodeStep
+
+    _kernel()
+    model, tok = _load(tiny_models(arch), attention="gqa")
+    if not decoding._full_attention_only(model.config):
+        assert LeanDecodeStep.for_model(model) is None
+        return
+    _, enc = _batch(tok, PROMPTS)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    width = ids.shape[1]
+    with torch.inference_mode(), decoding._CpuLinears(model):
+        lean = LeanDecodeStep.for_model(model)
+        assert lean is not None
+        caches = [decoding._prefill(model, ids, mask, width + 8, 2)[0] for _ in range(2)]
+        pos = mask.sum(-1, keepdim=True)
+        first = (width - pos[:, 0]).tolist()
+        tokens = torch.arange(len(PROMPTS))[:, None] + 100
+        stock = model(
+            input_ids=tokens,
+            attention_mask=torch.cat([mask, mask.new_ones((len(PROMPTS), 1))], dim=1),
+            position_ids=pos,
+            past_key_values=caches[0],
+            use_cache=True,
+            **decoding._group_kwargs(model, first),
+        ).logits
+        got = lean(tokens, pos, caches[1], torch.tensor(first))
+        assert torch.equal(got, stock)
+        # three tokens a row, row b written from its own column (as prompt lookup does)
+        col = torch.tensor([width + 1, width + 2, width + 1, width + 3, width + 1])
+        write = col[:, None] + torch.arange(3)
+        inp = torch.arange(15).reshape(5, 3) + 200
+        span = int(write.max()) + 1
+        cols = torch.arange(span)
+        valid = torch.cat([mask.bool(), torch.ones((5, span - width), dtype=torch.bool)], dim=1)
+        old = valid & (cols[None] < col[:, None])
+        new = (cols[None, None] >= col[:, None, None]) & (cols[None, None] <= write[:, :, None])
+        outs = []
+        for cache, run_lean in zip(caches, (False, True)):
+            for layer in cache.layers:
+                layer.write_columns = write
+            positions = pos + torch.arange(3)
+            if run_lean:
+                outs.append(lean(inp, positions, cache, torch.tensor(first), stop_columns=col + 1))
+            else:
+                outs.append(
+                    model(
+                        input_ids=inp,
+                        attention_mask=(old[:, None, :] | new)[:, None],
+                        position_ids=positions,
+                        past_key_values=cache,
+                        use_cache=True,
+                        **decoding._group_kwargs(model, first, stop_columns=col + 1),
+                    ).logits
+                )
+            for layer in cache.layers:
+                layer.write_columns = None
+        assert torch.equal(outs[1], outs[0])
+        monkeypatch.setenv("SDD_LEAN_DECODE", "0")
+        assert LeanDecodeStep.for_model(model) is None
+
+
 def test_cpu_linears_fuse_siblings_and_restore_the_model(tiny_models, monkeypatch):
     """Inside ``_CpuLinears`` the model gives the same logits through oneDNN GEMMs with fused
     q/k/v and gate/up; a sibling called on another input computes its own product; on exit

@@ -1,0 +1,108 @@
+"""A decode step for Llama-family models that calls the model's own modules without
+transformers' per-call plumbing.
+
+A decode step of a small model on CPU is short (0.1–0.4 s for the default model), and a stock
+``model(...)`` call spends a quarter of it outside the arithmetic: building masks and position
+embeddings through generic helpers, recording outputs, passing keyword arguments through every
+layer, dispatching the attention interface. :class:`LeanDecodeStep` runs the same modules
+(embedding, norms, projections, MLP, output head, LoRA wrappers included) in the same order on the
+same tensors, with the attention on the C kernel of :mod:`sdd_plugin.kernels`, so its logits are
+bit-identical to the stock forward's (a test checks this for every supported architecture).
+Measured on 2 AVX2 cores with the default model: 336 ms against 424 ms a step at 64 rows, 89
+against 121 ms at 4 rows.
+
+Hand-written because transformers has no lighter entry point for one decode step, and
+``torch.compile`` recompiles for every batch size and cache width the engine goes through. It
+covers only decoder layers whose ``forward`` is stock Llama, Mistral, Qwen2 or Qwen3 code with full
+attention; anything else (and ``SDD_LEAN_DECODE=0``) keeps the stock call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+#: model types whose decoder layer is the Llama layer (Qwen3 adds a norm on query and key heads)
+LAYER_TYPES = {
+    "llama": "LlamaDecoderLayer",
+    "mistral": "MistralDecoderLayer",
+    "qwen2": "Qwen2DecoderLayer",
+    "qwen3": "Qwen3DecoderLayer",
+}
+
+
+def lean_decode_enabled() -> bool:
+    """False when ``SDD_LEAN_DECODE=0`` (every step then goes through the stock forward)."""
+    return os.environ.get("SDD_LEAN_DECODE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class LeanDecodeStep:
+    """One forward pass of new tokens against a preallocated KV cache, for a supported model.
+
+    Build it with :meth:`for_model` (None when the model or the machine is not supported). Calling
+    it returns the ``[B, T, V]`` logits that ``model(input_ids=..., position_ids=...,
+    past_key_values=cache, ...)`` would, given the column promise of the kernel: query ``i`` of row
+    ``b`` attends exactly ``[first_columns[b], stop_columns[b] + i)``.
+    """
+
+    def __init__(self, model, kernel, apply_rotary) -> None:
+        self.model = model
+        self.base = model.model
+        self.kernel = kernel
+        self.apply_rotary = apply_rotary
+        config = model.config
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.qk_norm = hasattr(self.base.layers[0].self_attn, "q_norm")
+
+    @classmethod
+    def for_model(cls, model) -> LeanDecodeStep | None:
+        """The step for ``model``, or None: unsupported architecture, modified layer classes,
+        sliding or non-attention layers, not fp32 on CPU, kernel unavailable, or turned off."""
+        import torch
+
+        from .decoding import _full_attention_only
+        from .kernels import decode_attention_kernel
+
+        config = model.config
+        layer_class = LAYER_TYPES.get(getattr(config, "model_type", None))
+        if layer_class is None or not lean_decode_enabled() or not _full_attention_only(config):
+            return None
+        base = getattr(model, "model", None)
+        layers = getattr(base, "layers", None)
+        if layers is None or getattr(model, "lm_head", None) is None or len(layers) == 0:
+            return None
+        modeling = importlib.import_module(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
+        stock = getattr(modeling, layer_class, None)
+        if stock is None or any(type(layer) is not stock for layer in layers):
+            return None
+        if getattr(config, "head_dim", None) is None and config.hidden_size % config.num_attention_heads:
+            return None
+        if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
+            return None
+        kernel = decode_attention_kernel()
+        if kernel is None:
+            return None
+        return cls(model, kernel, modeling.apply_rotary_pos_emb)
+
+    def __call__(self, input_ids, position_ids, cache, first_columns, stop_columns=None):
+        """``[B, T, V]`` logits of ``input_ids`` ``[B, T]`` at ``position_ids`` ``[B, T]``; the
+        keys/values go into ``cache`` (a cache of preallocated layers) as its ``update`` places them."""
+        batch, new = input_ids.shape
+        shape = (batch, new, -1, self.head_dim)
+        x = self.base.embed_tokens(input_ids)
+        cos, sin = self.base.rotary_emb(x, position_ids)
+        for index, layer in enumerate(self.base.layers):
+            attn = layer.self_attn
+            residual = x
+            h = layer.input_layernorm(x)
+            query = attn.q_proj(h).view(shape)
+            key = attn.k_proj(h).view(shape)
+            value = attn.v_proj(h).view(shape).transpose(1, 2)
+            if self.qk_norm:
+                query, key = attn.q_norm(query), attn.k_norm(key)
+            query, key = self.apply_rotary(query.transpose(1, 2), key.transpose(1, 2), cos, sin)
+            key, value = cache.layers[index].update(key, value, index)
+            out = self.kernel(query, key, value, first_columns, attn.scaling, stop_columns=stop_columns)
+            x = residual + attn.o_proj(out.transpose(1, 2).reshape(batch, new, -1).contiguous())
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.model.lm_head(self.base.norm(x))
