@@ -71,7 +71,9 @@ class LeanDecodeStep:
         layers = getattr(base, "layers", None)
         if layers is None or getattr(model, "lm_head", None) is None or len(layers) == 0:
             return None
-        modeling = importlib.import_module(f"transformers.models.{config.model_type}.modeling_{config.model_type}")
+        modeling = importlib.import_module(
+            f"transformers.models.{config.model_type}.modeling_{config.model_type}"
+        )
         stock = getattr(modeling, layer_class, None)
         if stock is None or any(type(layer) is not stock for layer in layers):
             return None

@@ -11,7 +11,9 @@ HELP = "benchmarks: `sdd bench recovery --preset quick|full|large` (resumable; r
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("which", choices=["recovery"], help="which benchmark")
-    parser.add_argument("--preset", default="quick", help="demo | quick (≈45 min) | full (≈2 h) | large (≈9 h, resumable)")
+    parser.add_argument(
+        "--preset", default="quick", help="demo | quick (≈45 min) | full (≈2 h) | large (≈9 h, resumable)"
+    )
     parser.add_argument("--run-dir", default=None, help="output folder (default runs/recovery-<preset>)")
     parser.add_argument(
         "--data-root", default=None, help="folder of the real datasets (default ../shared/data)"
