@@ -103,8 +103,10 @@ class LeanDecodeStep:
             if self.qk_norm:
                 query, key = attn.q_norm(query), attn.k_norm(key)
             query, key = self.apply_rotary(query.transpose(1, 2), key.transpose(1, 2), cos, sin)
-            key, value = cache.layers[index].update(key, value, index)
-            out = self.kernel(query, key, value, first_columns, attn.scaling, stop_columns=stop_columns)
+            cache_layer = cache.layers[index]
+            key, value = cache_layer.update(key, value, index)
+            shared = getattr(cache_layer, "shared_columns", 0)
+            out = self.kernel(query, key, value, first_columns, attn.scaling, stop_columns, shared)
             x = residual + attn.o_proj(out.transpose(1, 2).reshape(batch, new, -1).contiguous())
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.model.lm_head(self.base.norm(x))

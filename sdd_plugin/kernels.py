@@ -43,7 +43,7 @@ FLAG_SETS = (
 )
 _ERRORS = {
     1: "unsupported shape",
-    2: "a row's columns (start column, stop column) outside the cache",
+    2: "a row's columns (start column, stop column) outside the cache or shorter than the shared prefix",
     3: "out of memory",
 }
 
@@ -128,7 +128,7 @@ class DecodeAttention:
         p, i64, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
         # q, k, v, out (pointer, batch stride, head stride); start, stop, end, batch, kv_heads,
         # group, queries, dim, scale, threads
-        fn.argtypes = [p, i64, i64] * 4 + [p, p, i64, i64, i32, i32, i32, i32, ctypes.c_float, i32]
+        fn.argtypes = [p, i64, i64] * 4 + [p, p, i64, i64, i64, i32, i32, i32, i32, ctypes.c_float, i32]
         fn.restype = i32
         self._fn = fn
 
@@ -150,11 +150,22 @@ class DecodeAttention:
             and key.stride(2) == value.stride(2) == dim
         )
 
-    def __call__(self, query, key, value, first_columns, scaling: float | None = None, stop_columns=None):
+    def __call__(
+        self,
+        query,
+        key,
+        value,
+        first_columns,
+        scaling: float | None = None,
+        stop_columns=None,
+        shared_columns: int = 0,
+    ):
         """Attention of ``[B, H, Q, D]`` queries on ``[B, KVH, L, D]`` keys/values; returns
         ``[B, H, Q, D]``. Query ``i`` of row ``b`` attends exactly the columns
         ``[first_columns[b], stop_columns[b] + i)``; without ``stop_columns`` the row's ``Q`` new
-        tokens are the last ``Q`` columns (``stop = L - Q + 1``)."""
+        tokens are the last ``Q`` columns (``stop = L - Q + 1``). ``shared_columns`` > 0 promises
+        that every row's first ``shared_columns`` columns equal row 0's: they are read from row 0
+        for every row (a prefix all prompts share then streams from memory once)."""
         import torch
 
         batch, heads, q_len, dim = query.shape
@@ -173,7 +184,7 @@ class DecodeAttention:
             key.data_ptr(), key.stride(0), key.stride(1),
             value.data_ptr(), value.stride(0), value.stride(1),
             out.data_ptr(), out.stride(0), out.stride(1),
-            starts.data_ptr(), None if stops is None else stops.data_ptr(), end,
+            starts.data_ptr(), None if stops is None else stops.data_ptr(), int(shared_columns), end,
             batch, kv_heads, group, q_len, dim,
             dim**-0.5 if scaling is None else float(scaling), torch.get_num_threads(),
         )  # fmt: skip
@@ -184,17 +195,24 @@ class DecodeAttention:
 
 def _self_check(kernel: DecodeAttention) -> bool:
     """The kernel against SDPA on deterministic inputs: odd lengths, groups of 3 and 5, a row
-    with one column, and 3 causal queries a row ending at different columns."""
+    with three columns, 3 causal queries a row ending at different columns, and a prefix of 2
+    columns that every row shares."""
     import torch
     import torch.nn.functional as F
 
     cols = torch.arange(37)
-    for group, dim, q_len in ((3, 64, 1), (5, 16, 1), (3, 16, 3)):
+    for group, dim, q_len, shared in ((3, 64, 1, 0), (5, 16, 1, 0), (3, 16, 3, 0), (3, 16, 1, 2)):
         n = torch.arange(4 * 2 * 37 * dim, dtype=torch.float32)
         key, value = n.sin().reshape(4, 2, 37, dim), n.cos().reshape(4, 2, 37, dim)
+        starts = torch.tensor([0, 5, 34, 17])
+        for row in range(1, 4):  # row 0's first columns, copied to every row's first columns
+            c = int(starts[row])
+            key[row, :, c : c + shared], value[row, :, c : c + shared] = (
+                key[0, :, :shared],
+                value[0, :, :shared],
+            )
         query = torch.arange(4 * 2 * group * q_len * dim, dtype=torch.float32).mul(0.37).sin()
         query = query.reshape(4, 2 * group, q_len, dim)
-        starts = torch.tensor([0, 5, 34, 17])
         stops = torch.tensor([35, 30, 35, 21]) if q_len > 1 else None
         ends = (stops if stops is not None else torch.full((4,), 37)) + torch.arange(q_len)[:, None]  # [Q, B]
         mask = (cols[None, None] >= starts[None, :, None]) & (cols[None, None] < ends[:, :, None])
@@ -202,7 +220,7 @@ def _self_check(kernel: DecodeAttention) -> bool:
         expect = F.scaled_dot_product_attention(
             query, key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), attn_mask=mask
         )
-        got = kernel(query, key, value, starts, stop_columns=stops)
+        got = kernel(query, key, value, starts, stop_columns=stops, shared_columns=shared)
         if not torch.allclose(got, expect, atol=1e-5, rtol=1e-4):
             return False
     return True

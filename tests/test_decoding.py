@@ -212,6 +212,31 @@ def test_decode_attention_kernel_equals_sdpa_on_each_rows_columns(group, dim):
         )
 
 
+def test_kernel_reads_the_shared_prefix_from_row_zero():
+    """With ``shared_columns`` the kernel reads every row's first columns from row 0: the result
+    is exact when the rows really share them (as the engine's prefilled prompts do), a row whose
+    own copy differs is not read, and a prefix longer than a row's columns is refused."""
+    kernel = _kernel()
+    torch.manual_seed(7)
+    batch, kv_heads, group, dim, length, shared = 4, 2, 3, 16, 30, 5
+    firsts = torch.tensor([2, 0, 9, 24])
+    q = torch.randn(batch, kv_heads * group, 1, dim)
+    k, v = torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim)
+    for row in range(1, batch):
+        c, c0 = int(firsts[row]), int(firsts[0])
+        k[row, :, c : c + shared], v[row, :, c : c + shared] = (
+            k[0, :, c0 : c0 + shared],
+            v[0, :, c0 : c0 + shared],
+        )
+    ref = kernel(q, k, v, firsts)
+    assert torch.equal(kernel(q, k, v, firsts, shared_columns=shared), ref)
+    k[2, :, 9 : 9 + shared] += 1.0  # row 2's own copy of the prefix no longer matches row 0's
+    assert torch.equal(kernel(q, k, v, firsts, shared_columns=shared), ref)
+    assert not torch.allclose(kernel(q, k, v, firsts)[2], ref[2], atol=1e-4)
+    with pytest.raises(RuntimeError, match="shared prefix"):
+        kernel(q, k, v, firsts, shared_columns=length - 24 + 1)
+
+
 def test_kernel_is_cached_and_shares_torchs_openmp_runtime():
     """The kernel builds once into the cache (a second build returns the same file) and loading
     it beside torch maps no new OpenMP runtime (two would spin against each other); checked in a
@@ -278,7 +303,8 @@ def test_lean_decode_step_gives_the_stock_forwards_logits_bit_for_bit(tiny_model
     with torch.inference_mode(), decoding._CpuLinears(model):
         lean = LeanDecodeStep.for_model(model)
         assert lean is not None
-        caches = [decoding._prefill(model, ids, mask, width + 8, 2)[0] for _ in range(2)]
+        caches = [decoding._prefill(model, ids, mask, width + 8, 2, min_shared=2)[0] for _ in range(2)]
+        assert caches[1].layers[0].shared_columns >= 2  # the kernel reads the shared prefix once
         pos = mask.sum(-1, keepdim=True)
         first = (width - pos[:, 0]).tolist()
         tokens = torch.arange(len(PROMPTS))[:, None] + 100

@@ -7,8 +7,10 @@
  * Per (row, key/value head): scores of its G x Q queries against the run's keys (one pass over
  * K), a softmax, and the weighted sum of the values (one pass over V). Rows x heads are split
  * over `nthreads` threads by column count: OpenMP when built with -fopenmp (the library then
- * shares the libgomp that torch loaded, and its thread pool), else POSIX threads. Plain C with GCC/Clang vector extensions; no
- * intrinsics, so -march=native picks the widest vectors the machine has.
+ * shares the libgomp that torch loaded, and its thread pool), else POSIX threads. Plain C with
+ * GCC/Clang vector extensions; no intrinsics, so -march=native picks the widest vectors the
+ * machine has. A prefix every row shares (system prompt and template header) may be read from
+ * row 0 for all rows, so its keys and values come from cache instead of memory once per row.
  */
 #include <math.h>
 #include <pthread.h>
@@ -59,18 +61,24 @@ static inline v8 vexp(v8 x) {
   return y * p;
 }
 
+/* Column j of a row whose first `ns` columns are read from the shared copy. */
+static inline const float *column(const float *shared, const float *own, long ns, long j, int D) {
+  return (j < ns ? shared : own) + j * D;
+}
+
 /* One (row, kv head): q [G][D] (G = heads x queries, query i of a head is row g with
- * g % Q == i), k/v [L][D], out [G][D]; s is scratch of G * L floats. Query i attends the first
- * `open + i` columns (causal among the row's Q new tokens, which are the last Q - 1 columns). */
-static void attend(const float *q, const float *k, const float *v, float *out, long L, int G, int Q,
-                   long open, int D, float scale, float *s) {
+ * g % Q == i), k/v [L][D] (columns j < ns from ks/vs instead), out [G][D]; s is scratch of
+ * G * L floats. Query i attends the first `open + i` columns (causal among the row's Q new
+ * tokens, which are the last Q - 1 columns). */
+static void attend(const float *q, const float *k, const float *v, const float *ks, const float *vs,
+                   long ns, float *out, long L, int G, int Q, long open, int D, float scale, float *s) {
   for (int g0 = 0; g0 < G; g0 += 4) { /* scores, four query heads and two columns at a time */
     int gn = G - g0 < 4 ? G - g0 : 4;
     const float *qb = q + (long)g0 * D;
     float *sb = s + (long)g0 * L;
     long j = 0;
     for (; j + 2 <= L; j += 2) {
-      const float *k0 = k + j * D, *k1 = k0 + D;
+      const float *k0 = column(ks, k, ns, j, D), *k1 = column(ks, k, ns, j + 1, D);
       v8 a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
       for (int d = 0; d < D; d += 8) {
         v8 x0 = ld(k0 + d), x1 = ld(k1 + d), qv = ld(qb + d);
@@ -89,7 +97,7 @@ static void attend(const float *q, const float *k, const float *v, float *out, l
     for (; j < L; j++)
       for (int g = 0; g < gn; g++) {
         v8 a = {0};
-        for (int d = 0; d < D; d += 8) a += ld(qb + (long)g * D + d) * ld(k + j * D + d);
+        for (int d = 0; d < D; d += 8) a += ld(qb + (long)g * D + d) * ld(column(ks, k, ns, j, D) + d);
         sb[(long)g * L + j] = hsum(a) * scale;
       }
   }
@@ -114,7 +122,7 @@ static void attend(const float *q, const float *k, const float *v, float *out, l
   }
   memset(out, 0, sizeof(float) * G * D);
   for (long j = 0; j < L; j++) { /* weighted sum of the values */
-    const float *vj = v + j * D;
+    const float *vj = column(vs, v, ns, j, D);
     for (int g = 0; g < G; g++) {
       v8 p = splat(s[(long)g * L + j]);
       float *og = out + (long)g * D;
@@ -130,7 +138,7 @@ typedef struct {
   float *out;
   long q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, o_sb, o_sh;
   const long *start, *stop;
-  long end, item0, item1;
+  long shared, end, item0, item1;
   int kv_heads, group, queries, dim;
   float scale;
   int failed;
@@ -154,9 +162,11 @@ static void *run(void *arg) {
     return 0;
   }
   for (long it = J->item0; it < J->item1; it++) {
-    long b = it / J->kv_heads, h = it % J->kv_heads, c = J->start[b], open = stop_column(J->stop, J->end, J->queries, b) - c;
+    long b = it / J->kv_heads, h = it % J->kv_heads, c = J->start[b], c0 = J->start[0];
+    long open = stop_column(J->stop, J->end, J->queries, b) - c;
     attend(J->q + b * J->q_sb + h * J->q_sh, J->k + b * J->k_sb + h * J->k_sh + c * J->dim,
-           J->v + b * J->v_sb + h * J->v_sh + c * J->dim, J->out + b * J->o_sb + h * J->o_sh,
+           J->v + b * J->v_sb + h * J->v_sh + c * J->dim, J->k + h * J->k_sh + c0 * J->dim,
+           J->v + h * J->v_sh + c0 * J->dim, J->shared, J->out + b * J->o_sb + h * J->o_sh,
            open + J->queries - 1, J->group * J->queries, J->queries, open, J->dim, J->scale, s);
   }
   free(s);
@@ -166,18 +176,21 @@ static void *run(void *arg) {
 /* q [B, KVH, G * Q, D] (G query heads per key/value head, Q queries per row; row g * Q + i is
  * head g, query i; D contiguous), k/v [B, KVH, >= end, D] (D contiguous, column stride D), out
  * like q; strides in floats. Query i of row b attends columns [start[b], stop[b] + i): stop NULL
- * means end - Q + 1 for every row (the new tokens are each row's last Q columns). Returns 0, or
- * 1 for an unsupported shape (G * Q > 64, D not a multiple of 8), 2 for a row whose columns are
- * not inside [0, end), 3 if out of memory. */
+ * means end - Q + 1 for every row (the new tokens are each row's last Q columns). `shared` > 0
+ * is the caller's promise that columns [start[b], start[b] + shared) of every row b hold what
+ * row 0's [start[0], start[0] + shared) hold; they are then read from row 0. Returns 0, or 1 for
+ * an unsupported shape (G * Q > 64, D not a multiple of 8), 2 for a row whose columns are not
+ * inside [0, end) or shorter than `shared`, 3 if out of memory. */
 int sdd_decode_attention(const float *q, long q_sb, long q_sh, const float *k, long k_sb, long k_sh,
                          const float *v, long v_sb, long v_sh, float *out, long o_sb, long o_sh,
-                         const long *start, const long *stop, long end, long batch, int kv_heads,
+                         const long *start, const long *stop, long shared, long end, long batch, int kv_heads,
                          int group, int queries, int dim, float scale, int nthreads) {
   if (group < 1 || queries < 1 || group * queries > MAX_GROUP || dim < 8 || dim % 8 || kv_heads < 1) return 1;
   long items = batch * kv_heads, total = 0;
   for (long b = 0; b < batch; b++) {
     long to = stop_column(stop, end, queries, b);
-    if (start[b] < 0 || to <= start[b] || to + queries - 1 > end) return 2;
+    if (start[b] < 0 || to <= start[b] || to + queries - 1 > end || shared < 0 || to - start[b] < shared)
+      return 2;
     total += (to + queries - 1 - start[b]) * kv_heads;
   }
   if (nthreads < 1) nthreads = 1;
@@ -186,7 +199,7 @@ int sdd_decode_attention(const float *q, long q_sb, long q_sh, const float *k, l
   job_t jobs[MAX_THREADS];
   long it = 0, acc = 0;
   for (int t = 0; t < nthreads; t++) { /* contiguous item ranges with about equal columns */
-    job_t J = {q, k, v, out, q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, o_sb, o_sh, start, stop, end, it, it,
+    job_t J = {q, k, v, out, q_sb, q_sh, k_sb, k_sh, v_sb, v_sh, o_sb, o_sh, start, stop, shared, end, it, it,
                kv_heads, group, queries, dim, scale, 0};
     long target = total * (t + 1) / nthreads;
     while (it < items && (acc < target || t == nthreads - 1)) {
