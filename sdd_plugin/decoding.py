@@ -713,7 +713,7 @@ def _decode_prompt_lookup(
         try:
             # row b's query i attends [first column, col[b] + i]: its layout, what it kept, and
             # its new tokens up to i (rejected drafts' columns are rewritten before any read)
-            if lean is not None:
+            if lean is not None and lean.fits(width_q):
                 first = torch.tensor(first_cols, dtype=torch.long)
                 logits = lean(inp, pos[:, None] + offsets, cache, first, stop_columns=col + 1).float()
             else:
@@ -881,7 +881,7 @@ def decode_batch(
                     first_cols = [first_cols[i] for i in keep.tolist()]
                     first_tensor = torch.tensor(first_cols, dtype=torch.long)
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            if lean is not None:
+            if lean is not None and lean.fits(1):
                 logits = lean(tokens[:, None], next_pos, cache, first_tensor)[:, -1, :]
             else:
                 out = model(

@@ -41,6 +41,9 @@ FLAG_SETS = (
     ["-O3", "-march=native", "-fno-math-errno"],
     ["-O3", "-fno-math-errno"],
 )
+#: query rows per key/value head the kernel takes (query heads of the group x queries a row)
+MAX_QUERY_ROWS = 64
+
 _ERRORS = {
     1: "unsupported shape",
     2: "a row's columns (start column, stop column) outside the cache or shorter than the shared prefix",
@@ -143,7 +146,7 @@ class DecodeAttention:
             query.dtype == key.dtype == value.dtype == torch.float32
             and query.device.type == key.device.type == value.device.type == "cpu"
             and heads % kv_heads == 0
-            and heads // kv_heads * q_len <= 64
+            and heads // kv_heads * q_len <= MAX_QUERY_ROWS
             and dim % 8 == 0
             and key.shape == value.shape
             and key.stride(3) == value.stride(3) == 1

@@ -303,6 +303,7 @@ def test_lean_decode_step_gives_the_stock_forwards_logits_bit_for_bit(tiny_model
     with torch.inference_mode(), decoding._CpuLinears(model):
         lean = LeanDecodeStep.for_model(model)
         assert lean is not None
+        assert lean.fits(3) and not lean.fits(64)  # 2 query heads a KV head: up to 32 tokens a row
         caches = [decoding._prefill(model, ids, mask, width + 8, 2, min_shared=2)[0] for _ in range(2)]
         assert caches[1].layers[0].shared_columns >= 2  # the kernel reads the shared prefix once
         pos = mask.sum(-1, keepdim=True)
