@@ -19,7 +19,6 @@ attention; anything else (and ``SDD_LEAN_DECODE=0``) keeps the stock call.
 from __future__ import annotations
 
 import importlib
-import os
 
 #: model types whose decoder layer is the Llama layer (Qwen3 adds a norm on query and key heads)
 LAYER_TYPES = {
@@ -36,7 +35,9 @@ def _kv_heads(config) -> int:
 
 def lean_decode_enabled() -> bool:
     """False when ``SDD_LEAN_DECODE=0`` (every step then goes through the stock forward)."""
-    return os.environ.get("SDD_LEAN_DECODE", "1").strip().lower() not in ("0", "false", "no", "off")
+    from .kernels import env_switch
+
+    return env_switch("SDD_LEAN_DECODE")
 
 
 class LeanDecodeStep:
@@ -61,9 +62,9 @@ class LeanDecodeStep:
     def fits(self, tokens_per_row: int) -> bool:
         """Whether a call with this many new tokens a row fits the kernel (else use the stock
         forward for that call)."""
-        from .kernels import MAX_QUERY_ROWS
+        from .kernels import DecodeAttention
 
-        return self.head_dim % 8 == 0 and self.group * tokens_per_row <= MAX_QUERY_ROWS
+        return DecodeAttention.fits(self.group, tokens_per_row, self.head_dim)
 
     @classmethod
     def for_model(cls, model) -> LeanDecodeStep | None:

@@ -556,13 +556,19 @@ def _onednn_reorder():
         return None
 
 
+def _on_row_columns(model, first_cols) -> bool:
+    """Whether decode steps may read each row's cache from its first real column: the
+    preallocated cache (``first_cols`` known) and ``sdd_gqa_sdpa`` attention."""
+    return first_cols is not None and getattr(model.config, "_attn_implementation", None) == ATTENTION_NAME
+
+
 def _group_kwargs(model, first_cols, stop_columns=None) -> dict:
     """``sdd_row_groups`` and ``sdd_first_columns`` (with ``sdd_stop_columns`` when given) for a
     model call when the model runs ``sdd_gqa_sdpa`` attention: each row attends every column from
     its first real one on, up to its new tokens."""
     import torch
 
-    if first_cols is None or getattr(model.config, "_attn_implementation", None) != ATTENTION_NAME:
+    if not _on_row_columns(model, first_cols):
         return {}
     kwargs = {
         "sdd_row_groups": row_groups(first_cols),
@@ -576,7 +582,7 @@ def _group_kwargs(model, first_cols, stop_columns=None) -> dict:
 def _lean_step(model, first_cols):
     """:class:`~sdd_plugin.decode_step.LeanDecodeStep` for a model decoding on the preallocated
     cache with ``sdd_gqa_sdpa`` attention, else None (the stock forward)."""
-    if first_cols is None or getattr(model.config, "_attn_implementation", None) != ATTENTION_NAME:
+    if not _on_row_columns(model, first_cols):
         return None
     from .decode_step import LeanDecodeStep
 

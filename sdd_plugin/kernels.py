@@ -51,9 +51,14 @@ _ERRORS = {
 }
 
 
+def env_switch(name: str) -> bool:
+    """False when the environment variable ``name`` is ``0``/``false``/``off``/``no``; on otherwise."""
+    return os.environ.get(name, "1").strip().lower() not in {"0", "false", "off", "no"}
+
+
 def kernel_enabled() -> bool:
-    """False when ``SDD_DECODE_KERNEL`` is ``0``/``false``/``off``."""
-    return os.environ.get("SDD_DECODE_KERNEL", "1").strip().lower() not in {"0", "false", "off", "no"}
+    """False when ``SDD_DECODE_KERNEL`` is ``0``/``false``/``off``/``no``."""
+    return env_switch("SDD_DECODE_KERNEL")
 
 
 def _compiler() -> str | None:
@@ -136,6 +141,12 @@ class DecodeAttention:
         self._fn = fn
 
     @staticmethod
+    def fits(group: int, q_len: int, dim: int) -> bool:
+        """Whether ``group`` query heads per key/value head, ``q_len`` queries a row and head
+        size ``dim`` fit the kernel."""
+        return group * q_len <= MAX_QUERY_ROWS and dim % 8 == 0
+
+    @staticmethod
     def supports(query, key, value) -> bool:
         """Whether ``[B, KVH*G, Q, D]`` queries and ``[B, KVH, L, D]`` keys/values fit the kernel."""
         import torch
@@ -146,8 +157,7 @@ class DecodeAttention:
             query.dtype == key.dtype == value.dtype == torch.float32
             and query.device.type == key.device.type == value.device.type == "cpu"
             and heads % kv_heads == 0
-            and heads // kv_heads * q_len <= MAX_QUERY_ROWS
-            and dim % 8 == 0
+            and DecodeAttention.fits(heads // kv_heads, q_len, dim)
             and key.shape == value.shape
             and key.stride(3) == value.stride(3) == 1
             and key.stride(2) == value.stride(2) == dim
