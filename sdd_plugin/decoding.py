@@ -57,8 +57,9 @@ PACKED_GEMM_ROWS = 64
 #: ``min(k, LOOKUP_TOKENS_PER_STEP // rows - 1)`` drafts, so a full batch decodes plainly and the
 #: few rows left at the end (often in a repetition loop, which lookup drafts exactly) verify up to
 #: ``k`` at once. A step's cost grows with its tokens: on 2 AVX2 cores, 64 rows x 1 token ~470 ms,
-#: 20 rows x 1 ~220 ms, 20 rows x 5 ~530 ms.
-LOOKUP_TOKENS_PER_STEP = 64
+#: 20 rows x 1 ~220 ms, 20 rows x 5 ~530 ms. 96 (lookup from 48 rows on, one draft a row there)
+#: decoded the 64-prompt benchmark ~5 % faster than 64 or 128 in paired runs (session 7).
+LOOKUP_TOKENS_PER_STEP = 96
 _registered = False
 
 
