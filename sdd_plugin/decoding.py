@@ -199,8 +199,9 @@ def _preallocated_layer_class():
         appending a token costs one slice write instead of concatenating the whole cache.
         """
 
-        def __init__(self, key_buffer, value_buffer, length: int) -> None:
-            """Wrap ``[B, KVH, capacity, D]`` buffers whose first ``length`` positions are filled."""
+        def __init__(self, key_buffer, value_buffer, length: int, shared_columns: int = 0) -> None:
+            """Wrap ``[B, KVH, capacity, D]`` buffers whose first ``length`` positions are filled
+            (every row's first ``shared_columns`` real columns equal to every other row's)."""
             super().__init__()
             if length > key_buffer.shape[2]:
                 raise ValueError(f"capacity {key_buffer.shape[2]} < prefilled length {length}")
@@ -210,7 +211,7 @@ def _preallocated_layer_class():
             self.write_columns = None  # [B, T] per-row target columns of the next update
             # every row's first real columns hold the same keys/values for this many columns (the
             # prompts' shared prefix): the decode kernel may read them from one row for all
-            self.shared_columns = 0
+            self.shared_columns = shared_columns
             self.is_initialized = True
             self._views()
 
@@ -405,8 +406,7 @@ def _prefill(model, input_ids, attention_mask, capacity: int, group: int, min_sh
             for row, start in enumerate(starts):
                 buf_k[row, :, start : start + shared] = prefix_kv[layer_idx][0][0]
                 buf_v[row, :, start : start + shared] = prefix_kv[layer_idx][1][0]
-        layers.append(layer_cls(buf_k, buf_v, width))
-        layers[-1].shared_columns = shared
+        layers.append(layer_cls(buf_k, buf_v, width, shared_columns=shared))
     return Cache(layers=layers), attention_mask, torch.cat(logits, dim=0)
 
 
