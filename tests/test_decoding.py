@@ -349,6 +349,15 @@ def test_lean_decode_step_gives_the_stock_forwards_logits_bit_for_bit(tiny_model
             for layer in cache.layers:
                 layer.write_columns = None
         assert torch.equal(outs[1], outs[0])
+        # the step inlines the stock norm's arithmetic: a replaced norm class keeps the stock call
+        layer = model.model.layers[-1]
+        stock_norm = layer.post_attention_layernorm
+        layer.post_attention_layernorm = type("PatchedRMSNorm", (type(stock_norm),), {})(
+            stock_norm.weight.shape[0]
+        )
+        assert LeanDecodeStep.for_model(model) is None
+        layer.post_attention_layernorm = stock_norm
+        assert LeanDecodeStep.for_model(model) is not None
         monkeypatch.setenv("SDD_LEAN_DECODE", "0")
         assert LeanDecodeStep.for_model(model) is None
 
