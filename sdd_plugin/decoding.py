@@ -20,8 +20,8 @@ against ``model.generate`` on CPU, measured on the default model (``benchmarks/d
 - **GQA without ``repeat_kv``** (below).
 - **oneDNN linears** on CPU fp32 (:class:`_CpuLinears`): weights reordered once, q/k/v and
   gate/up fused; on 2 AVX2 cores a step's GEMMs take ~30 % less time than MKL ``F.linear``.
-- **Finished rows leave the batch** (compacted once a quarter of the rows are done), instead of
-  being computed until the longest row ends.
+- **Finished rows leave the batch** (compacted in place once a sixteenth of the slots are
+  done), instead of being computed until the longest row ends.
 
 GQA-aware SDPA for single-token decode steps (registered as ``sdd_gqa_sdpa``):
 transformers' ``sdpa`` attention expands the key/value heads of a grouped-query model to the
