@@ -11,9 +11,9 @@ One run, the same GSM8K distillation prompts (math template, teacher chat templa
   prompt and generated: the usual model-FLOPs utilisation, and the only reading under which the
   target can be met at all, since counting generated tokens alone caps even an engine that runs
   every matmul at the measured rate at ``ceiling_fraction`` (0.49 on the 64 GSM8K prompts: 11,740
-  prompt tokens to prefill even with their shared prefix computed once, against 9,024 generated). Printed beside it: the generated-only
-  figure, and the fraction of the FLOPs the engine really computed (the shared prefix once per
-  batch, no output head for prompt tokens).
+  prompt tokens to prefill even with their shared prefix computed once, against 9,024
+  generated). Printed beside it: the generated-only figure, and the fraction of the FLOPs the
+  engine really computed (the shared prefix once per batch, no output head for prompt tokens).
 
 It also prints the *ceilings* these prompts allow: an engine running every matmul at the measured
 matmul GFLOP/s still has to prefill the prompts (minus the prefix shared within each batch, at

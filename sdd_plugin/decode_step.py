@@ -11,8 +11,8 @@ stock forward's (a test checks this for every supported architecture). The norms
 embedding are inlined with fewer tensor operations (each rewrite provably exact, see
 :meth:`LeanDecodeStep.__call__`), so the layer classes, their norms and MLPs must be the stock
 ones. Measured interleaved in one process on 2 AVX2 cores with the default model: ~165 against
-~177 ms a step at 16 rows, ~420 against ~436 at 64 before the inlining, which took a few per cent
-more.
+~177 ms a step at 16 rows, ~420 against ~436 at 64; the inlining saves a few per cent more
+(within this machine's noise).
 
 Hand-written because transformers has no lighter entry point for one decode step, and
 ``torch.compile`` recompiles for every batch size and cache width the engine goes through. It
@@ -71,8 +71,9 @@ class LeanDecodeStep:
 
     @classmethod
     def for_model(cls, model) -> LeanDecodeStep | None:
-        """The step for ``model``, or None: unsupported architecture, modified layer, norm or MLP classes,
-        sliding or non-attention layers, not fp32 on CPU, kernel unavailable, or turned off."""
+        """The step for ``model``, or None: unsupported architecture, modified layer, norm or
+        MLP classes, sliding or non-attention layers, not fp32 on CPU, kernel unavailable, or
+        turned off."""
         import torch
 
         from .decoding import _full_attention_only
