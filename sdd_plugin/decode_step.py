@@ -131,7 +131,6 @@ class LeanDecodeStep:
         cos, sin = self.base.rotary_emb(x, position_ids)
         cos = cos.unsqueeze(1)
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(1)
-        starts = first_columns.to(device="cpu", dtype=torch.long).contiguous()
         for index, layer in enumerate(self.base.layers):
             attn = layer.self_attn
             h = _rms_norm(layer.input_layernorm, x)
@@ -146,7 +145,7 @@ class LeanDecodeStep:
             cache_layer = cache.layers[index]
             key, value = cache_layer.update(key, value, index)
             shared = getattr(cache_layer, "shared_columns", 0)
-            out = self.kernel(query, key, value, starts, attn.scaling, stop_columns, shared)
+            out = self.kernel(query, key, value, first_columns, attn.scaling, stop_columns, shared)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, new, -1).contiguous())
             h = _rms_norm(layer.post_attention_layernorm, x)
             mlp = layer.mlp

@@ -134,8 +134,8 @@ class DecodeAttention:
         self.library = library
         fn = ctypes.CDLL(str(library)).sdd_decode_attention  # CDLL: the GIL is released during calls
         p, i64, i32 = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-        # q, k, v, out (pointer, batch stride, head stride); start, stop, end, batch, kv_heads,
-        # group, queries, dim, scale, threads
+        # q, k, v, out (pointer, batch stride, head stride); start, stop, shared, end, batch,
+        # kv_heads, group, queries, dim, scale, threads
         fn.argtypes = [p, i64, i64] * 4 + [p, p, i64, i64, i64, i32, i32, i32, i32, ctypes.c_float, i32]
         fn.restype = i32
         self._fn = fn
