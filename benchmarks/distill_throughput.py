@@ -89,10 +89,10 @@ def main() -> None:
     import torch
     from tqdm.auto import tqdm
 
-    from sdd_plugin.builtins.backends import HF_BACKEND, plan_batches, stop_token_ids
-    from sdd_plugin.decoding import common_prefix_length
-    from sdd_plugin.distill import render_prompt
-    from sdd_plugin.formats import load_rows, read_examples
+    from sdd_plugin.distill.formats import load_rows, read_examples
+    from sdd_plugin.distill.stage import render_prompt
+    from sdd_plugin.generation.hf.backend import HF_BACKEND, plan_batches, stop_token_ids
+    from sdd_plugin.generation.hf.decoding import common_prefix_length
     from sdd_plugin.interfaces import GenerationSettings
     from sdd_plugin.models import machine_summary, resolve_model
     from sdd_plugin.plugins import get_template

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sdd_plugin.calibration import load_calibration_texts
     from sdd_plugin.models import load_model
-    from sdd_plugin.scoring import _base_model, score_blocks
+    from sdd_plugin.prune.calibration import load_calibration_texts
+    from sdd_plugin.prune.scoring import _base_model, score_blocks
 
     texts = load_calibration_texts(args.calibration, limit=args.num_samples)
     model, tok = load_model(args.model)

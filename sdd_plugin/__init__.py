@@ -29,7 +29,7 @@ def __getattr__(name: str):
 
         return getattr(models, name)
     if name == "contiguous_argmin":
-        from .builtins.metrics import contiguous_argmin
+        from .prune.metrics import contiguous_argmin
 
         return contiguous_argmin
     raise AttributeError(name)

@@ -15,10 +15,10 @@ from .hookspecs import PROJECT_NAME
 #: ``pyproject.toml`` like any third-party plugin; this list is only used when the package runs
 #: from a source tree without installed metadata.
 BUILTIN_MODULES = (
-    "sdd_plugin.builtins.metrics",
-    "sdd_plugin.builtins.templates",
-    "sdd_plugin.builtins.checkers",
-    "sdd_plugin.builtins.backends",
+    "sdd_plugin.prune.metrics",
+    "sdd_plugin.distill.templates",
+    "sdd_plugin.distill.checkers",
+    "sdd_plugin.generation.hf.backend",
 )
 
 _KINDS = {

@@ -151,7 +151,7 @@ def _load(path: Path) -> Any:
 
 
 def _eval_lines(data: dict) -> list[str]:
-    from .evaluate import _pct, format_score, higher_is_better, metric_label
+    from .evaluate.run import _pct, format_score, higher_is_better, metric_label
 
     s = data.get("settings", {})
     lines = [

@@ -53,7 +53,7 @@ GENERAL_PROMPTS = [
 
 def default_prompts(n_math: int = 8) -> list[str]:
     """The built-in prompt set: ``n_math`` synthetic word problems + 8 general questions (16 in all)."""
-    from .synthetic import word_problems
+    from .data.synthetic import word_problems
 
     math = [r["question"] + " Think step by step." for r in word_problems(n_math, seed=0, split="test")]
     return [p for pair in zip(math, GENERAL_PROMPTS) for p in pair] + math[len(GENERAL_PROMPTS) :]

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdd_plugin.answers import (
+from sdd_plugin.distill.answers import (
     answers_equal,
     extract_final_answer,
     extract_final_answers,
     normalize_number,
     reference_answer,
 )
-from sdd_plugin.builtins.checkers import MathChecker
+from sdd_plugin.distill.checkers import MathChecker
 
 MATH = MathChecker()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdd_plugin import bench
+from sdd_plugin.bench import run as bench
 
 
 def test_presets_validate_and_reject_unknown_settings():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sdd_plugin.calibration import builtin_texts, calibration_identity, load_calibration_texts
+from sdd_plugin.prune.calibration import builtin_texts, calibration_identity, load_calibration_texts
 
 
 def test_builtin_corpus_is_deterministic_and_varied():

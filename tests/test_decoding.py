@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdd_plugin import decoding
-from sdd_plugin.decoding import (
+from sdd_plugin.generation.hf import decoding
+from sdd_plugin.generation.hf.decoding import (
     common_prefix_length,
     decode_batch,
     gqa_sdpa_attention_forward,
@@ -165,7 +165,7 @@ def test_row_grouped_attention_skips_only_masked_columns(queries):
 
 
 def _kernel():
-    from sdd_plugin.kernels import _compiler, decode_attention_kernel
+    from sdd_plugin.generation.hf.kernel import _compiler, decode_attention_kernel
 
     if _compiler() is None:
         pytest.skip("no C compiler on this machine: the engine stays on SDPA")
@@ -244,7 +244,7 @@ def test_kernel_is_cached_and_shares_torchs_openmp_runtime():
     import subprocess
     import sys
 
-    from sdd_plugin.kernels import build_decode_attention
+    from sdd_plugin.generation.hf.kernel import build_decode_attention
 
     kernel = _kernel()
     assert kernel.library == build_decode_attention()
@@ -260,7 +260,7 @@ def test_kernel_is_cached_and_shares_torchs_openmp_runtime():
 def test_engine_runs_decode_steps_on_the_kernel_and_sdpa_agrees(tiny_models, monkeypatch):
     """With the kernel, every plain decode step's attention goes through it; with
     ``SDD_DECODE_KERNEL=0`` none does, and the greedy tokens are the same."""
-    from sdd_plugin.kernels import DecodeAttention
+    from sdd_plugin.generation.hf.kernel import DecodeAttention
 
     _kernel()
     calls = []
@@ -290,7 +290,7 @@ def test_lean_decode_step_gives_the_stock_forwards_logits_bit_for_bit(tiny_model
     the logits of the stock forward, for one token a row and for several tokens a row written at
     per-row columns (prompt lookup); models with sliding-window layers (gemma3, mistral's config)
     and ``SDD_LEAN_DECODE=0`` get None, i.e. the stock forward."""
-    from sdd_plugin.decode_step import LeanDecodeStep
+    from sdd_plugin.generation.hf.lean_step import LeanDecodeStep
 
     _kernel()
     model, tok = _load(tiny_models(arch), attention="gqa")
@@ -392,7 +392,7 @@ def test_cpu_linears_fuse_siblings_and_restore_the_model(tiny_models, monkeypatc
 
 
 def test_ngram_index_drafts_from_the_latest_earlier_occurrence():
-    from sdd_plugin.decoding import _NgramIndex
+    from sdd_plugin.generation.hf.decoding import _NgramIndex
 
     idx = _NgramIndex([1, 2, 3, 4, 1, 2, 5, 6])
     idx.extend([1, 2])
@@ -447,7 +447,7 @@ def test_sampling_is_reproducible_per_generator_seed(tiny_models, lookup):
 
 
 def test_backend_engines_agree_and_bad_engine_is_named(tiny_models):
-    from sdd_plugin.builtins.backends import HFBackend
+    from sdd_plugin.generation.hf.backend import HFBackend
 
     path = str(tiny_models("llama"))
     texts = {}
@@ -469,9 +469,9 @@ def test_decode_batch_matches_generate_on_default_model(default_model, lookup):
     """The embedded default model on real distillation prompts (math template, chat-rendered):
     same greedy tokens as per-row ``generate`` with stock attention. Tiny random models are too
     flat to notice a wrong position or mask; this one is not."""
-    from sdd_plugin.distill import render_prompt
+    from sdd_plugin.data.synthetic import word_problems
+    from sdd_plugin.distill.stage import render_prompt
     from sdd_plugin.plugins import get_template
-    from sdd_plugin.synthetic import word_problems
 
     stock, tok = _load(default_model)
     template = get_template("math")

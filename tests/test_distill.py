@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from sdd_plugin.builtins.backends import plan_batches
-from sdd_plugin.distill import distill_dataset, response_nll
+from sdd_plugin.distill.stage import distill_dataset, response_nll
+from sdd_plugin.generation.hf.backend import plan_batches
 from sdd_plugin.interfaces import GenerationSettings
 
 ROWS = [

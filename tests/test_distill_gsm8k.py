@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sdd_plugin.answers import answers_equal, extract_final_answers, reference_answer
-from sdd_plugin.distill import distill_dataset
+from sdd_plugin.distill.answers import answers_equal, extract_final_answers, reference_answer
+from sdd_plugin.distill.stage import distill_dataset
 from sdd_plugin.interfaces import GenerationSettings
 
 N_ROWS = 16

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from sdd_plugin.distill import distill_dataset
+from sdd_plugin.distill.stage import distill_dataset
 from sdd_plugin.interfaces import GenerationSettings
 
 N_ROWS = 24

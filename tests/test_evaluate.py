@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdd_plugin import evaluate as ev
+from sdd_plugin.evaluate import run as ev
 
 # --------------------------------------------------------------------------------------------
 # pure logic: task names, shots, recovery math
@@ -415,7 +415,7 @@ LIMIT = 60
 
 @pytest.mark.slow
 def test_pruned_default_model_scores_lower(default_model, shared_data, tmp_path_factory):
-    from sdd_plugin.pruning import prune
+    from sdd_plugin.prune.stage import prune
 
     out = tmp_path_factory.mktemp("eval-slow")
     # out=None: a content-addressed folder in the cache, shared with other tests using the defaults
@@ -445,7 +445,7 @@ PPL_LIMIT = 20
 
 @pytest.mark.slow
 def test_pruned_default_model_has_higher_bits_per_byte(default_model):
-    from sdd_plugin.pruning import prune
+    from sdd_plugin.prune.stage import prune
 
     pruned = prune(model="smollm2-135m-instruct", num_blocks=6).out_dir  # cached, shared with other tests
     kw = dict(limit=PPL_LIMIT, batch_size=8)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sdd_plugin.formats import (
+from sdd_plugin.distill.formats import (
     FORMATS,
     detect_format,
     format_for_axolotl_type,

@@ -34,7 +34,7 @@ def cache(tmp_path_factory):
 
 
 def _prune(src: Path, start: int, out: Path) -> Path:
-    pruning = pytest.importorskip("sdd_plugin.pruning")
+    pruning = pytest.importorskip("sdd_plugin.prune.stage")
     res = pruning.prune(src, num_blocks=1, start=start, out=out, num_samples=4, max_length=32)
     return Path(res.out_dir)
 

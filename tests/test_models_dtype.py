@@ -4,7 +4,8 @@ import logging
 
 import pytest
 
-from sdd_plugin import bench, models
+from sdd_plugin import models
+from sdd_plugin.bench import run as bench
 
 
 def test_resolve_dtype_auto_follows_the_cpu_flags(monkeypatch, caplog):

@@ -28,7 +28,7 @@ def test_outside_metric_registered_at_run_time_is_selectable_by_name(tiny_models
 
     from sdd_plugin import contiguous_argmin, hookimpl
     from sdd_plugin.models import load_tokenizer
-    from sdd_plugin.scoring import score_blocks
+    from sdd_plugin.prune.scoring import score_blocks
 
     path = tiny_models("llama", 6)
     model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), load_tokenizer(path)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from sdd_plugin import evaluate as ev
+from sdd_plugin.evaluate import run as ev
 from sdd_plugin.report import build_report, find_artifacts, kv_table
 
 

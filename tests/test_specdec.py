@@ -118,7 +118,7 @@ def test_prompt_files_and_cli(tiny_models, tmp_path):
 
 @pytest.mark.slow
 def test_default_model_with_pruned_draft(default_model, tmp_path):
-    from sdd_plugin.pruning import prune
+    from sdd_plugin.prune.stage import prune
 
     pruned = prune(default_model, num_blocks=6, num_samples=8, max_length=64, out=tmp_path / "pruned")
     result = measure_specdec(

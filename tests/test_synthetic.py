@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from sdd_plugin.synthetic import TEMPLATES, multiple_choice, word_problems, write_jsonl
+from sdd_plugin.data.synthetic import TEMPLATES, multiple_choice, word_problems, write_jsonl
 
 GSM8K_FINAL = re.compile(r"####\s*(-?[\d,]+)\s*$")
 CALC = re.compile(r"<<([^=>]+)=([^>]+)>>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdd_plugin.distill import render_prompt
+from sdd_plugin.distill.stage import render_prompt
 from sdd_plugin.plugins import available, get_checker, get_template
 
 

@@ -128,7 +128,7 @@ class SelfDistillationPlugin(BasePlugin):
             )
             return
 
-        from ..pruning import prune
+        from ..prune.stage import prune
 
         kwargs: dict[str, Any] = {}
         if args.sdd_prune_calibration_limit:
@@ -196,7 +196,7 @@ class SelfDistillationPlugin(BasePlugin):
         return None
 
     def _distill(self, cfg: DictDefault, args: SDDArgs) -> None:
-        from ..distill import distill_dataset
+        from ..distill.stage import distill_dataset
         from ..interfaces import GenerationSettings
 
         teacher = cfg.get("sdd_teacher") or cfg.get("sdd_pruned_from") or cfg.get("base_model")
@@ -263,7 +263,7 @@ class SelfDistillationPlugin(BasePlugin):
         """Fail loudly if the model axolotl built is not the pruned one."""
         if not self.prune_info.get("enabled"):
             return
-        from ..pruning import decoder_layers
+        from ..prune.stage import decoder_layers
 
         got = len(decoder_layers(model))
         want = self.prune_info["num_layers_after"]

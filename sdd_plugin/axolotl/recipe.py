@@ -3,7 +3,7 @@
 - :func:`load_recipe` reads a recipe YAML;
 - :func:`resolve_data_uri` turns ``sdd://wordproblems?n=64`` dataset paths into a local jsonl of
   the embedded word problems, in the layout the entry's axolotl ``type`` expects;
-- :func:`dataset_format` maps an axolotl dataset entry to a :mod:`sdd_plugin.formats` format;
+- :func:`dataset_format` maps an axolotl dataset entry to a :mod:`sdd_plugin.distill.formats` format;
 - :func:`distilled_path` names the content-hashed file a dataset entry is distilled into;
 - :func:`plan` says what the plugin would do with a recipe (for ``sdd check``).
 """
@@ -91,9 +91,9 @@ def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
     """Write the data named by an ``sdd://`` dataset path to a jsonl in the cache; return its path.
 
     - ``sdd://wordproblems?n=64&seed=0&split=train``: ``n`` generated GSM8K-style word problems
-      (:func:`sdd_plugin.synthetic.word_problems`), the embedded default data;
+      (:func:`sdd_plugin.data.synthetic.word_problems`), the embedded default data;
     - ``sdd://convert?source=FILE_OR_HUB_ID&format=gsm8k|dolly|alpaca|...[&name=CONFIG][&split=train][&n=N]``:
-      rows of any :mod:`sdd_plugin.formats` format (e.g. GSM8K ``question``/``answer`` or Dolly),
+      rows of any :mod:`sdd_plugin.distill.formats` format (e.g. GSM8K ``question``/``answer`` or Dolly),
       converted so that axolotl's ``chat_template``/``alpaca`` types can read them.
 
     The output ``layout`` (parameter, or else from the axolotl ``type``): ``chat_template`` ->
@@ -141,7 +141,7 @@ def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
         source, fmt = params.get("source"), params.get("format")
         if not source or not fmt:
             raise ValueError(f"dataset path {uri!r}: convert needs source=... and format=...")
-        from ..formats import get_format
+        from ..distill.formats import get_format
 
         fmt = get_format(fmt).name  # ValueError listing the known formats
         ident = dataset_identity({"path": source, "name": params.get("name"), "split": split})
@@ -150,7 +150,7 @@ def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
     out = cache_dir() / "axolotl-data" / f"{stem}-{stable_hash(key, 10)}.jsonl"
     if out.is_file():
         return out
-    from ..synthetic import word_problems, write_jsonl
+    from ..data.synthetic import word_problems, write_jsonl
 
     rows: list[dict[str, Any]] = []
     if name == "wordproblems":
@@ -163,7 +163,7 @@ def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
             else:
                 rows.append(r)
     else:
-        from ..formats import load_rows, read_examples
+        from ..distill.formats import load_rows, read_examples
 
         if params.get("name"):  # a hub data set with a config name, e.g. openai/gsm8k main
             import datasets
@@ -185,8 +185,8 @@ def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
 
 
 def dataset_format(entry: Mapping[str, Any], index: int) -> str:
-    """The :mod:`sdd_plugin.formats` format of an axolotl dataset entry (ValueError naming it)."""
-    from ..formats import format_for_axolotl_type
+    """The :mod:`sdd_plugin.distill.formats` format of an axolotl dataset entry (ValueError naming it)."""
+    from ..distill.formats import format_for_axolotl_type
 
     where = f"datasets[{index}] ({entry.get('path')!r})"
     try:

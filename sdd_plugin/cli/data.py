@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synthetic import multiple_choice, word_problems, write_jsonl
+    from ..data.synthetic import multiple_choice, word_problems, write_jsonl
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")

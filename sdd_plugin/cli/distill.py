@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..distill import distill_dataset
+    from ..distill.stage import distill_dataset
     from ..interfaces import GenerationSettings
 
     if args.limit is not None and args.limit < 0:

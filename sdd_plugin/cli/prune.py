@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pruning import prune
+    from ..prune.stage import prune
 
     result = prune(
         args.model,

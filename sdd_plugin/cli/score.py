@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..scoring import score_model, write_score_outputs
+    from ..prune.scoring import score_model, write_score_outputs
 
     result = score_model(
         args.model,

@@ -36,8 +36,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .cache import cache_dir, file_hash, stable_hash, write_json_atomic, write_text_atomic
-from .models import DTYPES, warn_if_slow_dtype
+from ..cache import cache_dir, file_hash, stable_hash, write_json_atomic, write_text_atomic
+from ..models import DTYPES, warn_if_slow_dtype
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ SYNTH_TRAIN_ROWS = 100
 
 
 def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
@@ -334,9 +334,9 @@ def _prep_gsm8k(root: Path, out: Path) -> None:
 
 def _synthetic():
     try:
-        from . import synthetic
+        from ..data import synthetic
     except ImportError as exc:  # pragma: no cover - the module ships with the package
-        raise ValueError(f"the sdd_synth_* tasks need sdd_plugin.synthetic: {exc}") from exc
+        raise ValueError(f"the sdd_synth_* tasks need sdd_plugin.data.synthetic: {exc}") from exc
     return synthetic
 
 
@@ -438,7 +438,7 @@ def check_task_data(tasks: Sequence[str], data_root: str | os.PathLike | None = 
 
 
 def _package_tasks_dir() -> Path:
-    return Path(str(resources.files("sdd_plugin") / "tasks"))
+    return Path(str(resources.files("sdd_plugin.evaluate") / "tasks"))
 
 
 def prepare_tasks(tasks: Sequence[str], data_root: str | os.PathLike | None = None) -> Path:
@@ -580,7 +580,7 @@ def _shots_for(task: str, num_fewshot: dict[str, int] | int | None) -> int | Non
 
 def model_paths(model: str | os.PathLike) -> tuple[Path, Path | None]:
     """``(base model folder, adapter folder or None)``; a LoRA folder names its base in adapter_config.json."""
-    from .models import resolve_model
+    from ..models import resolve_model
 
     p = Path(model).expanduser()
     if p.is_dir() and (p / "adapter_config.json").is_file():

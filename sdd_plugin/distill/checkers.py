@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from ..answers import answers_equal, extract_final_answers, reference_answer
 from ..hookspecs import hookimpl
+from .answers import answers_equal, extract_final_answers, reference_answer
 
 #: Phrases that show the rewrite talks about the prompt instead of answering it.
 REFERENCE_PATTERNS = (

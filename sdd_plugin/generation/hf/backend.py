@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..decoding import decode_batch, register_gqa_attention
-from ..hookspecs import hookimpl
-from ..interfaces import GenerationResult, GenerationSettings
+from ...hookspecs import hookimpl
+from ...interfaces import GenerationResult, GenerationSettings
+from .decoding import decode_batch, register_gqa_attention
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -67,7 +67,7 @@ class HFBackend:
         """``(model, tokenizer)`` for ``model_path``, loaded once per process and reused."""
         import torch
 
-        from ..models import load_model
+        from ...models import load_model
 
         extra = (settings.extra if settings else {}) or {}
         dtype = str(extra.get("dtype", "float32"))
@@ -117,7 +117,7 @@ class HFBackend:
         import torch
         from tqdm.auto import tqdm
 
-        from ..cache import stable_hash
+        from ...cache import stable_hash
 
         if settings.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")

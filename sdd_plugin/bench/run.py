@@ -35,12 +35,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
-from .cache import stable_hash, write_json_atomic, write_text_atomic
-from .models import machine_summary
+from ..cache import stable_hash, write_json_atomic, write_text_atomic
+from ..models import machine_summary
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPE = REPO_ROOT / "recipes" / "smollm2-135m-sdd-gsm8k-cpu.yml"
 STAGE_FILE = "stage.json"
 PENDING_FILE = "stage.pending.json"
@@ -317,10 +317,10 @@ class Stages:
 
 def training_rows(ts: TrainSet, data_root: Path | None) -> list[dict]:
     """The first ``ts.rows`` rows of a set in chat ``messages`` layout (axolotl ``chat_template``)."""
-    from .formats import load_rows, read_examples
+    from ..distill.formats import load_rows, read_examples
 
     if ts.source == "synthetic":
-        from .synthetic import word_problems
+        from ..data.synthetic import word_problems
 
         raw = word_problems(ts.rows, seed=0, split="train")
     else:
@@ -482,7 +482,7 @@ def _data_root(data_root: str | os.PathLike | None, preset: Preset) -> Path | No
     )
     if not needs:
         return None
-    from .evaluate import resolve_data_root
+    from ..evaluate.run import resolve_data_root
 
     return resolve_data_root(data_root)
 
@@ -495,7 +495,7 @@ def run_recovery(
     **overrides: Any,
 ) -> dict[str, Any]:
     """Run (or resume) the recovery benchmark; returns the results dict also written to disk."""
-    from .models import resolve_dtype, warn_if_slow_dtype
+    from ..models import resolve_dtype, warn_if_slow_dtype
 
     preset = preset if isinstance(preset, Preset) else get_preset(preset, **overrides)
     preset = preset.model_copy(update={"dtype": resolve_dtype(preset.dtype)})
@@ -523,7 +523,7 @@ def run_recovery(
     }
 
     def eval_stage(label: str, model_fn: Callable[[], str], upstream: dict) -> dict:
-        from .evaluate import evaluate
+        from ..evaluate.run import evaluate
 
         def fn(folder: Path) -> dict:
             # one lm-eval call per distinct limit; results are cached per task inside evaluate()
@@ -555,7 +555,7 @@ def run_recovery(
         return json.loads((stages.folder(f"eval-{label}") / "eval_results.json").read_text())
 
     # 1. baseline
-    from .models import resolve_model
+    from ..models import resolve_model
 
     base_path = str(resolve_model(preset.model))
     base_key = {"model": preset.model}
@@ -564,7 +564,7 @@ def run_recovery(
     # 2. prune: the same call the axolotl plugin makes. prune() is content-addressed (model, settings,
     # calibration content, code version), so it is reused when nothing changed, and its folder name
     # keys every downstream stage: a changed pruning recomputes everything that depends on it.
-    from .pruning import prune
+    from ..prune.stage import prune
 
     echo("[prune] scoring and pruning (reused when cached) ...")
     t_prune = time.time()
@@ -606,7 +606,7 @@ def run_recovery(
         data_inputs = {"set": ts.model_dump(), "root": str(root) if root else None}
 
         def do_data(folder: Path, ts: TrainSet = ts) -> dict:
-            from .synthetic import write_jsonl
+            from ..data.synthetic import write_jsonl
 
             path = write_jsonl(training_rows(ts, root), folder / f"{ts.name}.jsonl")
             return {"path": str(path), "rows": ts.rows}
@@ -624,8 +624,8 @@ def run_recovery(
         }
 
         def do_distill(folder: Path, ts: TrainSet = ts, data_file: Path = data_file) -> dict:
-            from .distill import distill_dataset
-            from .interfaces import GenerationSettings
+            from ..distill.stage import distill_dataset
+            from ..interfaces import GenerationSettings
 
             res = distill_dataset(
                 base_path,
@@ -692,7 +692,7 @@ def run_recovery(
         merge_inputs = {"models": [stages.records[f"train-{x}"]["key"] for x in sdd_labels[:2]], "t": 0.5}
 
         def do_merge(folder: Path) -> dict:
-            from .merge import merge_models
+            from ..merge import merge_models
 
             out = merge_models(
                 [adapters[x] for x in sdd_labels[:2]], method="slerp", t=0.5, out=folder / "model"
@@ -713,7 +713,7 @@ def run_recovery(
             }
 
             def do_specdec(folder: Path, adapter: str = adapter) -> dict:
-                from .specdec import default_prompts, measure_specdec
+                from ..specdec import default_prompts, measure_specdec
 
                 result = measure_specdec(
                     base_path,
@@ -753,7 +753,7 @@ def _pct(v: float | None) -> str:
 
 def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     """Write ``results.json``, ``recovery.{json,md,png}`` and ``REPORT.md`` into ``run_dir``."""
-    from .evaluate import (
+    from ..evaluate.run import (
         INFORMATIVE_SIGMAS,
         format_score,
         higher_is_better,

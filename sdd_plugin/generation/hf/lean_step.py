@@ -6,7 +6,7 @@ A decode step of a small model on CPU is short (0.1–0.4 s for the default mode
 helpers, recording outputs, passing keyword arguments through every layer, dispatching the
 attention interface. :class:`LeanDecodeStep` runs the same arithmetic (embedding, norms,
 projections, rotary embedding, MLP, output head) in the same order on the same tensors, with the
-attention on the C kernel of :mod:`sdd_plugin.kernels`, so its logits are bit-identical to the
+attention on the C kernel of :mod:`sdd_plugin.generation.hf.kernel`, so its logits are bit-identical to the
 stock forward's (a test checks this for every supported architecture). The norms and the rotary
 embedding are inlined with fewer tensor operations (each rewrite provably exact, see
 :meth:`LeanDecodeStep.__call__`), so the layer classes, their norms and MLPs must be the stock
@@ -39,7 +39,7 @@ def _kv_heads(config) -> int:
 
 def lean_decode_enabled() -> bool:
     """False when ``SDD_LEAN_DECODE=0`` (every step then goes through the stock forward)."""
-    from .kernels import env_switch
+    from .kernel import env_switch
 
     return env_switch("SDD_LEAN_DECODE")
 
@@ -65,7 +65,7 @@ class LeanDecodeStep:
     def fits(self, tokens_per_row: int) -> bool:
         """Whether a call with this many new tokens a row fits the kernel (else use the stock
         forward for that call)."""
-        from .kernels import DecodeAttention
+        from .kernel import DecodeAttention
 
         return DecodeAttention.fits(self.group, tokens_per_row, self.head_dim)
 
@@ -77,7 +77,7 @@ class LeanDecodeStep:
         import torch
 
         from .decoding import _full_attention_only
-        from .kernels import decode_attention_kernel
+        from .kernel import decode_attention_kernel
 
         config = model.config
         layer_class = LAYER_TYPES.get(getattr(config, "model_type", None))

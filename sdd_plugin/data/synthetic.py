@@ -286,7 +286,7 @@ def multiple_choice(n: int, seed: int = 0, split: str = "test") -> list[dict]:
 
 def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> Path:
     """Write ``rows`` as JSON lines to ``path`` atomically; returns the path."""
-    from .cache import write_text_atomic
+    from ..cache import write_text_atomic
 
     path = Path(path)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from . import plugins
+from .. import plugins
 
 
 @dataclass
@@ -76,7 +76,7 @@ class ScoreResult:
 
     def save_json(self, path: str | Path) -> None:
         """Write :meth:`to_json` atomically."""
-        from .cache import write_json_atomic
+        from ..cache import write_json_atomic
 
         write_json_atomic(path, self.to_json())
 
@@ -235,7 +235,7 @@ def score_blocks(
     """
     from tqdm.auto import tqdm
 
-    from .pruning import decoder_layers
+    from .surgery import decoder_layers
 
     metric_obj = plugins.get_metric(metric)
     mode = tokens or metric_obj.default_tokens
@@ -326,8 +326,8 @@ def score_model(
 
     Metric, token mode, sizes and the calibration source are validated before weights load.
     """
+    from ..models import load_model, resolve_model
     from .calibration import load_calibration_texts
-    from .models import load_model, resolve_model
 
     metric_obj = plugins.get_metric(metric)
     if tokens is not None and tokens not in ("last", "all"):
@@ -354,7 +354,7 @@ def write_score_outputs(
     result: ScoreResult, out_dir: str | Path, title: str | None = None
 ) -> dict[str, Path]:
     """Write ``score.json``, ``score.md`` and ``heatmap.png`` into ``out_dir``; return their paths."""
-    from .cache import write_text_atomic
+    from ..cache import write_text_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

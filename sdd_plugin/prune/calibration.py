@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .cache import file_hash, stable_hash
+from ..cache import file_hash, stable_hash
 
 BUILTIN = "builtin"
 

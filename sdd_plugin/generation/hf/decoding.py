@@ -14,7 +14,7 @@ against ``model.generate`` on CPU, measured on the default model (``benchmarks/d
 - **Attention without the padding columns.** Decode attention is bound by reading the KV cache,
   and a length-sorted batch is left-padded to its longest prompt (~35 % of the columns of a
   64-row GSM8K batch). Each decode step passes ``sdd_first_columns`` (every row's first real
-  column): on CPU fp32 a small C kernel (:mod:`sdd_plugin.kernels`) reads exactly each row's
+  column): on CPU fp32 a small C kernel (:mod:`sdd_plugin.generation.hf.kernel`) reads exactly each row's
   columns once, ~1.8x the speed of SDPA on 2 AVX2 cores. Without the kernel, ``sdd_row_groups``
   (runs of ~8 neighbouring rows and the first column any of them uses) slices the cache for SDPA.
 - **GQA without ``repeat_kv``** (below).
@@ -94,7 +94,7 @@ def gqa_sdpa_attention_forward(
     ``sdd_first_columns`` (a ``[B]`` long tensor) is the caller's promise that query ``i`` of row
     ``b`` attends exactly the columns ``[first_columns[b], stop_columns[b] + i)``
     (``sdd_stop_columns``, default ``L - Q + 1``): the call then runs the C kernel of
-    :mod:`sdd_plugin.kernels` (the mask unused) when it is available.
+    :mod:`sdd_plugin.generation.hf.kernel` (the mask unused) when it is available.
     """
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -106,7 +106,7 @@ def gqa_sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     if sdd_first_columns is not None and not (dropout and module.training):
-        from .kernels import DecodeAttention, decode_attention_kernel
+        from .kernel import DecodeAttention, decode_attention_kernel
 
         kernel = decode_attention_kernel()
         if kernel is not None and DecodeAttention.supports(query, key, value):
@@ -581,11 +581,11 @@ def _group_kwargs(model, first_cols, stop_columns=None) -> dict:
 
 
 def _lean_step(model, first_cols):
-    """:class:`~sdd_plugin.decode_step.LeanDecodeStep` for a model decoding on the preallocated
+    """:class:`~sdd_plugin.generation.hf.lean_step.LeanDecodeStep` for a model decoding on the preallocated
     cache with ``sdd_gqa_sdpa`` attention, else None (the stock forward)."""
     if not _on_row_columns(model, first_cols):
         return None
-    from .decode_step import LeanDecodeStep
+    from .lean_step import LeanDecodeStep
 
     return LeanDecodeStep.for_model(model)
 

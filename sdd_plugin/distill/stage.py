@@ -4,7 +4,7 @@ templates, Yang et al. 2402.13669). Rewrites that a checker rejects fall back to
 
 Pipeline of :func:`distill_dataset`:
 
-1. load and validate every row (before any weights load) — :mod:`sdd_plugin.formats`;
+1. load and validate every row (before any weights load) — :mod:`sdd_plugin.distill.formats`;
 2. render each row through the template and the teacher's own chat template (+ assistant prefix);
 3. plan fixed, length-sorted batches over *all* rows and generate the batches not in the cache yet;
    finished rows are appended to ``<cache>/distill/<run hash>/rows.jsonl`` (flushed and fsynced),
@@ -35,8 +35,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .cache import cache_dir as default_cache_dir
-from .cache import stable_hash, write_json_atomic, write_text_atomic
+from ..cache import cache_dir as default_cache_dir
+from ..cache import stable_hash, write_json_atomic, write_text_atomic
+from ..interfaces import GenerationResult, GenerationSettings
 from .formats import (
     FORMAT_FOR_AXOLOTL_TYPE,
     Example,
@@ -46,7 +47,6 @@ from .formats import (
     load_rows,
     read_examples,
 )
-from .interfaces import GenerationResult, GenerationSettings
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def distill_dataset(
     """Self-distill a fine-tuning set with ``teacher`` and write it in the input's schema.
 
     ``data`` is a local file/folder, a hub id or a list of rows; ``format`` one of
-    :data:`sdd_plugin.formats.FORMATS`; ``out`` a folder (``distilled.jsonl`` and the reports go
+    :data:`sdd_plugin.distill.formats.FORMATS`; ``out`` a folder (``distilled.jsonl`` and the reports go
     there) or a ``.jsonl`` file (reports beside it). ``template``/``checker`` default by format
     (gsm8k/openmath -> ``math``, else ``general``). Resumes from and reuses the cache under
     ``cache_dir`` (default :func:`sdd_plugin.cache.cache_dir`). Rewrites cut off at
@@ -259,8 +259,8 @@ def distill_dataset(
     checker; each attempt has its own resumable cache. A row that never passes falls back to the
     original and is counted under its first attempt's reason.
     """
-    from .models import load_tokenizer, resolve_model
-    from .plugins import get_backend, get_checker, get_template
+    from ..models import load_tokenizer, resolve_model
+    from ..plugins import get_backend, get_checker, get_template
 
     t0 = time.perf_counter()
     spec = get_format(format)
@@ -302,7 +302,7 @@ def distill_dataset(
 
         Fixed batches over the whole subset; a batch is redone whole unless every row of it is
         cached, so a resumed pass runs exactly the batches an uninterrupted one would."""
-        from .builtins.backends import plan_batches
+        from ..generation.hf.backend import plan_batches
 
         pass_id = dict(run_id, retry=attempt, settings=asdict(pass_settings)) if attempt else run_id
         cache = RowCache(root / "distill" / stable_hash(pass_id))
@@ -402,7 +402,7 @@ def distill_dataset(
         if load is not None:
             model, _ = load(str(teacher_path), settings)
         else:
-            from .models import load_model
+            from ..models import load_model
 
             model, _ = load_model(teacher_path)
         plain = [render_prompt(tok, ex.messages) for ex in examples]

@@ -1,0 +1,1 @@
+"""Data the project makes itself: the embedded grade-school word problems (:mod:`.synthetic`)."""

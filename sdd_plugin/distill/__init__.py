@@ -1,0 +1,11 @@
+"""Stage 2, self-data distillation: the unpruned model rewrites each response in its own words.
+
+- :mod:`.formats` -- dataset formats: read (instruction, response, expected answer), write back;
+- :mod:`.templates` -- the built-in SDFT prompt templates;
+- :mod:`.answers` and :mod:`.checkers` -- final-answer parsing and the built-in rewrite checks;
+- :mod:`.stage` -- ``distill_dataset()``: generate, check, fall back, report, resume.
+"""
+
+from .stage import DistillResult, distill_dataset
+
+__all__ = ["DistillResult", "distill_dataset"]

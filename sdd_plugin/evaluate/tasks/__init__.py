@@ -1,0 +1,1 @@
+"""lm-eval task YAMLs of the sdd_* tasks (rendered at run time by sdd_plugin.evaluate.run)."""

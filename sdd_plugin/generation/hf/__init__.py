@@ -1,0 +1,1 @@
+"""The ``hf`` backend: a transformers model driven by a batched, resumable decode engine."""

@@ -1,1 +1,0 @@
-"""lm-eval task YAMLs of the sdd_* tasks (rendered at run time by sdd_plugin.evaluate)."""
