@@ -31,7 +31,7 @@ def main() -> None:
 
     draft = args.draft
     if draft is None:
-        from sdd_plugin.prune.stage import prune
+        from sdd_plugin.prune import prune
 
         res = prune(args.target, num_blocks=args.num_blocks)
         draft = str(res.out_dir)

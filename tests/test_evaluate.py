@@ -8,7 +8,25 @@ from pathlib import Path
 
 import pytest
 
-from sdd_plugin.evaluate import run as ev
+from sdd_plugin.evaluate.local_data import (
+    PLACEHOLDER,
+    SYNTH_TEST_ROWS,
+    check_task_data,
+    prepare_tasks,
+    resolve_data_root,
+    wikitext_pages,
+)
+from sdd_plugin.evaluate.registry import (
+    PRESETS,
+    expand_tasks,
+    higher_is_better,
+    parse_shots,
+    shots_for,
+    validate_tasks,
+)
+from sdd_plugin.evaluate.render import write_recovery
+from sdd_plugin.evaluate.run import evaluate, model_identity, model_paths, rolling_batch_size
+from sdd_plugin.evaluate.stats import informative, paired_gap, recovery, recovery_table
 
 # --------------------------------------------------------------------------------------------
 # pure logic: task names, shots, recovery math
@@ -17,39 +35,39 @@ from sdd_plugin.evaluate import run as ev
 
 def test_unknown_task_lists_known_ones():
     with pytest.raises(ValueError) as err:
-        ev.validate_tasks(["sdd_arc_easy", "sdd_nope"])
+        validate_tasks(["sdd_arc_easy", "sdd_nope"])
     msg = str(err.value)
     assert "sdd_nope" in msg and "sdd_arc_easy" in msg and "sdd_hellaswag" in msg and "openllm" in msg
-    ev.validate_tasks(["arc_easy", "sdd_mmlu", "sdd_mmlu_anatomy"])  # stock names wait for lm-eval's index
+    validate_tasks(["arc_easy", "sdd_mmlu", "sdd_mmlu_anatomy"])  # stock names wait for lm-eval's index
 
 
 def test_expand_tasks_presets_and_dedup():
-    assert ev.expand_tasks("sdd_arc_easy, sdd_hellaswag", "quick") == ["sdd_arc_easy", "sdd_hellaswag"]
-    assert ev.expand_tasks(None, "openllm")[-1] == "sdd_arc_easy" and len(ev.PRESETS["openllm"]) == 7
+    assert expand_tasks("sdd_arc_easy, sdd_hellaswag", "quick") == ["sdd_arc_easy", "sdd_hellaswag"]
+    assert expand_tasks(None, "openllm")[-1] == "sdd_arc_easy" and len(PRESETS["openllm"]) == 7
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
-        ev.expand_tasks(None, "nope")
+        expand_tasks(None, "nope")
     with pytest.raises(ValueError, match="no tasks"):
-        ev.expand_tasks("", None)
+        expand_tasks("", None)
 
 
 def test_parse_shots():
-    assert ev.parse_shots("5") == 5
-    assert ev.parse_shots("sdd_arc_easy=0, sdd_hellaswag=10") == {"sdd_arc_easy": 0, "sdd_hellaswag": 10}
+    assert parse_shots("5") == 5
+    assert parse_shots("sdd_arc_easy=0, sdd_hellaswag=10") == {"sdd_arc_easy": 0, "sdd_hellaswag": 10}
     with pytest.raises(ValueError, match="sdd_hellaswag=ten"):
-        ev.parse_shots("sdd_hellaswag=ten")
-    assert ev._shots_for("sdd_arc_challenge", None) == 25
-    assert ev._shots_for("sdd_arc_challenge", {"sdd_hellaswag": 3}) == 25
-    assert ev._shots_for("sdd_hellaswag", {"sdd_hellaswag": 3}) == 3
+        parse_shots("sdd_hellaswag=ten")
+    assert shots_for("sdd_arc_challenge", None) == 25
+    assert shots_for("sdd_arc_challenge", {"sdd_hellaswag": 3}) == 25
+    assert shots_for("sdd_hellaswag", {"sdd_hellaswag": 3}) == 3
 
 
 def test_recovery_formulas():
-    plain, above = ev.recovery(0.40, 0.50, 0.25)
+    plain, above = recovery(0.40, 0.50, 0.25)
     assert plain == pytest.approx(0.8) and above == pytest.approx(0.6)
     # a model at chance keeps 0% of the above-chance skill
-    assert ev.recovery(0.25, 0.5, 0.25)[1] == pytest.approx(0.0)
+    assert recovery(0.25, 0.5, 0.25)[1] == pytest.approx(0.0)
     # baseline not above chance: above-chance recovery undefined, plain still defined
-    assert ev.recovery(0.3, 0.25, 0.25) == (pytest.approx(1.2), None)
-    assert ev.recovery(0.1, 0.0, 0.0) == (None, None)
+    assert recovery(0.3, 0.25, 0.25) == (pytest.approx(1.2), None)
+    assert recovery(0.1, 0.0, 0.0) == (None, None)
 
 
 def _res(model: str, scores: dict[str, float], chance: dict[str, float], n: int = 100) -> dict:
@@ -67,7 +85,7 @@ def test_recovery_table_multi_model_and_files(tmp_path):
     base = _res("/x/base", {"a": 0.5, "b": 0.7, "c": 0.2}, chance)
     pruned = _res("/x/pruned", {"a": 0.4, "b": 0.6, "c": 0.1}, chance)
     healed = _res("/y/healed", {"a": 0.45, "b": 0.7}, chance, n=50)
-    table = ev.recovery_table([pruned, healed], base)
+    table = recovery_table([pruned, healed], base)
     assert table["baseline"] == "base" and table["tasks"] == ["a", "b", "c"]
     p, h = table["models"]
     assert p["model"] == "pruned" and h["model"] == "healed"
@@ -79,7 +97,7 @@ def test_recovery_table_multi_model_and_files(tmp_path):
     assert p["average"]["above_chance_recovery"] == pytest.approx((0.6 + 0.5 + 0.5) / 3)
     assert h["average"]["n_tasks"] == 2 and "c" not in h["tasks"]
     assert any("n=50" in w for w in table["warnings"])  # different item counts are flagged
-    paths = ev.write_recovery(table, tmp_path)
+    paths = write_recovery(table, tmp_path)
     assert json.loads(paths["json"].read_text())["models"][0]["model"] == "pruned"
     md = paths["md"].read_text()
     assert "| a | acc | 25.0% | 50.0% | 40.0% | 80.0% | 60.0% |" in md and "average" in md
@@ -87,23 +105,21 @@ def test_recovery_table_multi_model_and_files(tmp_path):
 
 
 def test_higher_is_better_from_spec_row_or_metric():
-    assert ev.higher_is_better("sdd_arc_easy") and ev.higher_is_better("sdd_mmlu_anatomy")
-    assert not ev.higher_is_better("sdd_synth_ppl") and not ev.higher_is_better("sdd_wikitext")
-    assert not ev.higher_is_better("wikitext")  # stock lm-eval task
+    assert higher_is_better("sdd_arc_easy") and higher_is_better("sdd_mmlu_anatomy")
+    assert not higher_is_better("sdd_synth_ppl") and not higher_is_better("sdd_wikitext")
+    assert not higher_is_better("wikitext")  # stock lm-eval task
     # rows of results written before the flag existed: derived from the metric name
-    assert not ev.higher_is_better({"metric": "bits_per_byte", "value": 1.0})
-    assert ev.higher_is_better({"metric": "acc", "value": 0.5})
-    assert ev.higher_is_better({"metric": "bits_per_byte", "higher_is_better": True})  # explicit flag wins
+    assert not higher_is_better({"metric": "bits_per_byte", "value": 1.0})
+    assert higher_is_better({"metric": "acc", "value": 0.5})
+    assert higher_is_better({"metric": "bits_per_byte", "higher_is_better": True})  # explicit flag wins
 
 
 def test_recovery_lower_is_better():
     # bits per byte: baseline 1.0, pruned 1.25 -> plain recovery 0.8; no chance, no above-chance recovery
-    assert ev.recovery(1.25, 1.0, None, higher_is_better=False) == (pytest.approx(0.8), None)
-    assert ev.recovery(1.0, 1.0, 0.25, higher_is_better=False) == (pytest.approx(1.0), None)
-    assert ev.recovery(0.8, 1.0, None, higher_is_better=False)[0] == pytest.approx(
-        1.25
-    )  # better than baseline
-    assert ev.recovery(0.0, 1.0, None, higher_is_better=False) == (None, None)
+    assert recovery(1.25, 1.0, None, higher_is_better=False) == (pytest.approx(0.8), None)
+    assert recovery(1.0, 1.0, 0.25, higher_is_better=False) == (pytest.approx(1.0), None)
+    assert recovery(0.8, 1.0, None, higher_is_better=False)[0] == pytest.approx(1.25)  # better than baseline
+    assert recovery(0.0, 1.0, None, higher_is_better=False) == (None, None)
 
 
 def _ppl_row(v: float, n: int = 20) -> dict:
@@ -118,7 +134,7 @@ def test_recovery_table_mixes_accuracy_and_bits_per_byte(tmp_path):
     base["tasks"]["old_ppl"] = _ppl_row(2.0)  # no flag: derived from the metric
     pruned["tasks"]["sdd_synth_ppl"] = dict(_ppl_row(1.6), higher_is_better=False)
     pruned["tasks"]["old_ppl"] = _ppl_row(2.5)
-    table = ev.recovery_table(pruned, base)
+    table = recovery_table(pruned, base)
     m = table["models"][0]
     ppl = m["tasks"]["sdd_synth_ppl"]
     assert ppl["higher_is_better"] is False and m["tasks"]["old_ppl"]["higher_is_better"] is False
@@ -133,7 +149,7 @@ def test_recovery_table_mixes_accuracy_and_bits_per_byte(tmp_path):
     assert avg["above_chance_recovery"] == pytest.approx((0.6 + 0.5) / 2)
     assert avg["n_lower_is_better"] == 2
     assert avg["lower_is_better_recovery"] == pytest.approx((1 / 1.6 + 2.0 / 2.5) / 2)
-    paths = ev.write_recovery(table, tmp_path)
+    paths = write_recovery(table, tmp_path)
     md = paths["md"].read_text()
     assert "| sdd_synth_ppl | bits_per_byte ↓ | – | 1.000 | 1.600 | 62.5% | – |" in md
     assert "| a | acc | 25.0% | 50.0% | 40.0% | 80.0% | 60.0% |" in md
@@ -141,13 +157,13 @@ def test_recovery_table_mixes_accuracy_and_bits_per_byte(tmp_path):
     assert "lower-is-better" in md and "baseline / score" in md
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # only perplexity tasks: no accuracy average, a plot without the score panel
-    only = ev.recovery_table(
+    only = recovery_table(
         {"model": "p", "tasks": {"old_ppl": _ppl_row(2.5)}},
         {"model": "b", "tasks": {"old_ppl": _ppl_row(2.0)}},
     )
     a = only["models"][0]["average"]
     assert a["n_tasks"] == 0 and a["score"] is None and a["lower_is_better_recovery"] == pytest.approx(0.8)
-    paths = ev.write_recovery(only, tmp_path / "only")
+    paths = write_recovery(only, tmp_path / "only")
     assert "| **average**" not in paths["md"].read_text() and paths["png"].stat().st_size > 5000
 
 
@@ -156,14 +172,14 @@ def test_wikitext_pages_split_at_top_level_headings(tmp_path, shared_data):
     raw.write_bytes(
         b" = First = \r\n Text one . \r\n = = Sub = = \r\n More . \r\n = Second = \r\n Two . \r\n"
     )
-    assert ev.wikitext_pages(raw) == [
+    assert wikitext_pages(raw) == [
         " = First = \n Text one . \n = = Sub = = \n More . \n",
         " = Second = \n Two . \n",
     ]
     (tmp_path / "empty.raw").write_text("\r\n")
     with pytest.raises(ValueError, match="empty.raw"):
-        ev.wikitext_pages(tmp_path / "empty.raw")
-    pages = ev.wikitext_pages(shared_data / "wikitext2" / "wiki.test.raw")
+        wikitext_pages(tmp_path / "empty.raw")
+    pages = wikitext_pages(shared_data / "wikitext2" / "wiki.test.raw")
     assert len(pages) == 62 and pages[0].startswith(" = Robert Boulter = \n")  # the 62 test articles
     assert sum(p.count("\n") for p in pages) == 2891  # every non-empty line kept once
 
@@ -176,19 +192,19 @@ def test_wikitext_pages_split_at_top_level_headings(tmp_path, shared_data):
 def test_missing_data_root_names_path(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        ev.prepare_tasks(["sdd_arc_easy"], missing)
+        prepare_tasks(["sdd_arc_easy"], missing)
     monkeypatch.setenv("SDD_DATA_ROOT", str(missing))
     with pytest.raises(FileNotFoundError, match="SDD_DATA_ROOT"):
-        ev.resolve_data_root()
+        resolve_data_root()
     # a data root without the task's files names the missing file
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="ARC-Easy-Train.jsonl"):
-        ev.check_task_data(["sdd_arc_easy"], tmp_path / "empty")
+        check_task_data(["sdd_arc_easy"], tmp_path / "empty")
 
 
 def test_bad_dtype_is_rejected_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="dtype must be float32, bfloat16 or float16, got 'int8'"):
-        ev.evaluate(tmp_path / "no-model", ["sdd_arc_easy"], dtype="int8")
+        evaluate(tmp_path / "no-model", ["sdd_arc_easy"], dtype="int8")
 
 
 def test_bad_row_names_file_and_row(tmp_path):
@@ -204,7 +220,7 @@ def test_bad_row_names_file_and_row(tmp_path):
         (arc / f"ARC-Easy-{split}.jsonl").write_text(json.dumps(good) + "\n")
     (arc / "ARC-Easy-Test.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(ValueError, match=r"ARC-Easy-Test.jsonl: row 2: answerKey 'E'"):
-        ev.prepare_tasks(["sdd_arc_easy"], tmp_path / "root")
+        prepare_tasks(["sdd_arc_easy"], tmp_path / "root")
 
 
 def test_prepare_tasks_renders_yaml_and_hf_schema(shared_data):
@@ -216,10 +232,10 @@ def test_prepare_tasks_renders_yaml_and_hf_schema(shared_data):
         "sdd_mmlu",
         "sdd_gsm8k",
     ]
-    folder = ev.prepare_tasks(tasks, shared_data)
+    folder = prepare_tasks(tasks, shared_data)
     for t in tasks:
         text = (folder / ("sdd_mmlu/sdd_mmlu.yaml" if t == "sdd_mmlu" else f"{t}.yaml")).read_text()
-        assert ev.PLACEHOLDER not in text
+        assert PLACEHOLDER not in text
     yaml_text = (folder / "sdd_arc_challenge.yaml").read_text()
     assert str(folder / "data" / "arc_challenge.test.jsonl") in yaml_text
     data = folder / "data"
@@ -235,22 +251,22 @@ def test_prepare_tasks_renders_yaml_and_hf_schema(shared_data):
         len(tqa["mc2_targets"]["choices"]) == len(tqa["mc2_targets"]["labels"])
         and 1 in tqa["mc2_targets"]["labels"]
     )
-    assert ev.check_task_data(["sdd_mmlu_anatomy"], shared_data) == shared_data.resolve()
+    assert check_task_data(["sdd_mmlu_anatomy"], shared_data) == shared_data.resolve()
     mmlu = sorted((folder / "sdd_mmlu").glob("sdd_mmlu_*.yaml"))
     assert len(mmlu) == 57
     row = json.loads((data / "mmlu" / "abstract_algebra.test.jsonl").read_text().splitlines()[0])
     assert row["answer"] == 1 and len(row["choices"]) == 4  # "B"
     # rerendering is a no-op (stamps match): files are not rewritten
     mtime = (data / "hellaswag.validation.jsonl").stat().st_mtime_ns
-    ev.prepare_tasks(["sdd_hellaswag"], shared_data)
+    prepare_tasks(["sdd_hellaswag"], shared_data)
     assert (data / "hellaswag.validation.jsonl").stat().st_mtime_ns == mtime
 
 
 def test_synth_tasks_need_no_data_root(tmp_path, monkeypatch):
     monkeypatch.setenv("SDD_DATA_ROOT", str(tmp_path / "does-not-exist"))
-    folder = ev.prepare_tasks(["sdd_synth_mc", "sdd_synth_math", "sdd_synth_ppl"])
+    folder = prepare_tasks(["sdd_synth_mc", "sdd_synth_math", "sdd_synth_ppl"])
     rows = (folder / "data" / "synth_math.test.jsonl").read_text().splitlines()
-    assert len(rows) == ev.SYNTH_TEST_ROWS and "####" in json.loads(rows[0])["answer"]
+    assert len(rows) == SYNTH_TEST_ROWS and "####" in json.loads(rows[0])["answer"]
     # the perplexity documents are the same held-out word problems, question + "\n" + answer
     pages = (folder / "data" / "synth_ppl.test.jsonl").read_text().splitlines()
     first = json.loads(rows[0])
@@ -268,9 +284,7 @@ def test_synth_tasks_need_no_data_root(tmp_path, monkeypatch):
 def test_evaluate_tiny_results_shape_and_cache(tiny_models, shared_data, tmp_path):
     model = tiny_models("llama", 2)
     tasks = ["sdd_arc_easy", "sdd_winogrande", "sdd_synth_mc"]
-    r = ev.evaluate(
-        model, tasks, limit=3, num_fewshot={"sdd_winogrande": 1}, out=tmp_path / "a", batch_size=4
-    )
+    r = evaluate(model, tasks, limit=3, num_fewshot={"sdd_winogrande": 1}, out=tmp_path / "a", batch_size=4)
     on_disk = json.loads((tmp_path / "a" / "eval_results.json").read_text())
     assert list(on_disk["tasks"]) == tasks
     assert on_disk["settings"]["apply_chat_template"] is False and on_disk["limit"] == 3
@@ -289,19 +303,19 @@ def test_evaluate_tiny_results_shape_and_cache(tiny_models, shared_data, tmp_pat
     assert on_disk["tasks"]["sdd_arc_easy"]["metric"] == "acc"
     assert "| sdd_winogrande | acc | 1 | 3 |" in (tmp_path / "a" / "eval_results.md").read_text()
     # rerun: every task from the cache, identical numbers
-    again = ev.evaluate(model, tasks, limit=3, num_fewshot={"sdd_winogrande": 1}, out=tmp_path / "b")
+    again = evaluate(model, tasks, limit=3, num_fewshot={"sdd_winogrande": 1}, out=tmp_path / "b")
     assert all(v["cached"] for v in again["tasks"].values())
     assert {t: v["value"] for t, v in again["tasks"].items()} == {
         t: v["value"] for t, v in r["tasks"].items()
     }
     # a different setting is a different cache entry
-    other = ev.evaluate(model, ["sdd_synth_mc"], limit=2)
+    other = evaluate(model, ["sdd_synth_mc"], limit=2)
     assert other["tasks"]["sdd_synth_mc"]["cached"] is False and other["tasks"]["sdd_synth_mc"]["n"] == 2
 
 
 def test_evaluate_perplexity_tasks_tiny(tiny_models, shared_data, tmp_path):
     model = tiny_models("llama", 2)
-    r = ev.evaluate(model, ["sdd_synth_ppl"], limit=4, out=tmp_path / "ppl", batch_size=4, use_cache=False)
+    r = evaluate(model, ["sdd_synth_ppl"], limit=4, out=tmp_path / "ppl", batch_size=4, use_cache=False)
     res = r["tasks"]["sdd_synth_ppl"]
     assert res["metric"] == "bits_per_byte" and res["higher_is_better"] is False and res["chance"] is None
     assert res["n"] == 4 and len(res["per_item"]) == 4
@@ -315,7 +329,7 @@ def test_evaluate_perplexity_tasks_tiny(tiny_models, shared_data, tmp_path):
     assert (
         f"| sdd_synth_ppl | bits_per_byte ↓ | 0 | 4 | {res['value']:.3f} |" in md and "lower is better" in md
     )
-    w = ev.evaluate(model, ["sdd_wikitext"], limit=1, data_root=shared_data, use_cache=False)
+    w = evaluate(model, ["sdd_wikitext"], limit=1, data_root=shared_data, use_cache=False)
     wres = w["tasks"]["sdd_wikitext"]
     assert wres["n"] == 1 and wres["value"] > 0 and wres["higher_is_better"] is False
 
@@ -331,13 +345,13 @@ def test_evaluate_lora_adapter_and_chat_template(tiny_models, tmp_path):
     )
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
-    assert ev.model_paths(adapter) == (Path(base), adapter)
-    r = ev.evaluate(adapter, ["sdd_synth_mc"], limit=2, apply_chat_template=True, out=tmp_path / "out")
+    assert model_paths(adapter) == (Path(base), adapter)
+    r = evaluate(adapter, ["sdd_synth_mc"], limit=2, apply_chat_template=True, out=tmp_path / "out")
     assert r["adapter"] == str(adapter) and r["settings"]["apply_chat_template"] is True
     assert r["settings"]["chat_template_sha"]  # the template that was used is recorded
     # the adapter is part of the cache identity: base and base+LoRA never share results
-    assert ev.model_identity(adapter) != ev.model_identity(base)
-    assert ev.model_identity(adapter)["adapter"]["files"]["adapter_model.safetensors"]
+    assert model_identity(adapter) != model_identity(base)
+    assert model_identity(adapter)["adapter"]["files"]["adapter_model.safetensors"]
 
 
 def test_cli_eval_baseline_and_errors(tiny_models, tmp_path, capsys):
@@ -415,26 +429,26 @@ LIMIT = 60
 
 @pytest.mark.slow
 def test_pruned_default_model_scores_lower(default_model, shared_data, tmp_path_factory):
-    from sdd_plugin.prune.stage import prune
+    from sdd_plugin.prune import prune
 
     out = tmp_path_factory.mktemp("eval-slow")
     # out=None: a content-addressed folder in the cache, shared with other tests using the defaults
     pruned = prune(model="smollm2-135m-instruct", num_blocks=6).out_dir
     tasks = ["sdd_arc_easy", "sdd_hellaswag"]
     kw = dict(limit=LIMIT, num_fewshot=0, batch_size=16, data_root=shared_data)
-    base = ev.evaluate(default_model, tasks, out=out / "base", **kw)
-    cut = ev.evaluate(pruned, tasks, out=out / "pruned", **kw)
+    base = evaluate(default_model, tasks, out=out / "base", **kw)
+    cut = evaluate(pruned, tasks, out=out / "pruned", **kw)
     for t in tasks:
         b, c = base["tasks"][t], cut["tasks"][t]
         assert b["n"] == c["n"] == LIMIT and b["chance"] == pytest.approx(0.25, abs=0.01)
         # the unpruned model is well above chance: > chance + 2 standard errors
         assert b["value"] > b["chance"] + 2 * b["stderr"], (t, b["value"], b["stderr"])
         assert c["value"] <= b["value"], (t, c["value"], b["value"])
-    table = ev.recovery_table(cut, base)
+    table = recovery_table(cut, base)
     avg = table["models"][0]["average"]
     assert avg["score"] < avg["baseline"] - 0.05, table
     assert avg["recovery"] < 1.0 and avg["above_chance_recovery"] < 1.0
-    ev.write_recovery(table, out)
+    write_recovery(table, out)
     assert (out / "recovery.png").is_file()
 
 
@@ -445,19 +459,19 @@ PPL_LIMIT = 20
 
 @pytest.mark.slow
 def test_pruned_default_model_has_higher_bits_per_byte(default_model):
-    from sdd_plugin.prune.stage import prune
+    from sdd_plugin.prune import prune
 
     pruned = prune(model="smollm2-135m-instruct", num_blocks=6).out_dir  # cached, shared with other tests
     kw = dict(limit=PPL_LIMIT, batch_size=8)
-    base = ev.evaluate(default_model, ["sdd_synth_ppl"], **kw)["tasks"]["sdd_synth_ppl"]
-    cut = ev.evaluate(pruned, ["sdd_synth_ppl"], **kw)["tasks"]["sdd_synth_ppl"]
+    base = evaluate(default_model, ["sdd_synth_ppl"], **kw)["tasks"]["sdd_synth_ppl"]
+    cut = evaluate(pruned, ["sdd_synth_ppl"], **kw)["tasks"]["sdd_synth_ppl"]
     assert base["n"] == cut["n"] == PPL_LIMIT
     # removing 6 of 30 blocks makes the model clearly worse at predicting held-out text
     assert cut["value"] > base["value"] + 2 * (base["stderr"] + cut["stderr"]), (base, cut)
     # per document too (same docs, paired): the pruned model is worse on most of them
     worse = sum(c > b for b, c in zip(base["per_item"], cut["per_item"]))
     assert worse >= 0.8 * PPL_LIMIT, (base["per_item"], cut["per_item"])
-    table = ev.recovery_table(
+    table = recovery_table(
         {"model": "pruned", "tasks": {"sdd_synth_ppl": cut}},
         {"model": "base", "tasks": {"sdd_synth_ppl": base}},
     )
@@ -467,10 +481,10 @@ def test_pruned_default_model_has_higher_bits_per_byte(default_model):
 
 def test_rolling_batch_size_caps_long_windows():
     # an 8192-token window of a 49k-vocab model is ~3 GB of float32 log-probs: one per batch
-    assert ev.rolling_batch_size(8, 8192) == 1
-    assert ev.rolling_batch_size(8, 2048) == 4
-    assert ev.rolling_batch_size(8, 512) == 8  # short windows keep the requested batch
-    assert ev.rolling_batch_size("auto", 8192) == "auto"
+    assert rolling_batch_size(8, 8192) == 1
+    assert rolling_batch_size(8, 2048) == 4
+    assert rolling_batch_size(8, 512) == 8  # short windows keep the requested batch
+    assert rolling_batch_size("auto", 8192) == "auto"
 
 
 def _task(value, stderr, per_item=None, chance=0.25):
@@ -478,17 +492,17 @@ def _task(value, stderr, per_item=None, chance=0.25):
 
 
 def test_informative_tasks_beat_chance_by_two_standard_errors():
-    assert ev.informative(_task(0.51, 0.029), 0.25)  # ARC-E at 300 items
-    assert not ev.informative(_task(0.51, 0.029, chance=0.5), 0.5)  # WinoGrande at chance
-    assert not ev.informative(_task(0.277, 0.026), 0.25)  # 2.7 points over chance, 1 sigma
-    assert not ev.informative(_task(0.0, 0.0, chance=0.0), 0.0)  # GSM8K at 0
-    assert not ev.informative({"value": 0.9}, 0.25)  # no stderr: cannot tell
+    assert informative(_task(0.51, 0.029), 0.25)  # ARC-E at 300 items
+    assert not informative(_task(0.51, 0.029, chance=0.5), 0.5)  # WinoGrande at chance
+    assert not informative(_task(0.277, 0.026), 0.25)  # 2.7 points over chance, 1 sigma
+    assert not informative(_task(0.0, 0.0, chance=0.0), 0.0)  # GSM8K at 0
+    assert not informative({"value": 0.9}, 0.25)  # no stderr: cannot tell
 
 
 def test_recovery_table_averages_informative_tasks_separately():
     base = {"label": "base", "tasks": {"a": _task(0.6, 0.02), "w": _task(0.51, 0.03, chance=0.5)}}
     model = {"label": "m", "tasks": {"a": _task(0.5, 0.02), "w": _task(0.55, 0.03, chance=0.5)}}
-    avg = ev.recovery_table(model, base)["models"][0]["average"]
+    avg = recovery_table(model, base)["models"][0]["average"]
     # a: (0.5-0.25)/(0.6-0.25) = 71.4 %; w: (0.55-0.5)/(0.51-0.5) = 500 % -- noise, not recovery
     assert avg["above_chance_recovery"] == pytest.approx((0.25 / 0.35 + 5.0) / 2)
     assert avg["above_chance_recovery_informative"] == pytest.approx(0.25 / 0.35)
@@ -505,14 +519,14 @@ def test_paired_gap_is_the_difference_of_recoveries_with_a_bootstrap_interval():
     base = {"tasks": {"a": _task(0.6, 0.02, [0.0] * n)}}
     first = {"tasks": {"a": _task(sum(sft) / n, 0.02, sft)}}
     second = {"tasks": {"a": _task(sum(sdd) / n, 0.02, sdd)}}
-    res = ev.paired_gap(first, second, base, n_boot=500)
+    res = paired_gap(first, second, base, n_boot=500)
     want = 100 * (sum(sdd) - sum(sft)) / n / (0.6 - 0.25)
     assert res["tasks"] == ["a"] and res["gap"] == pytest.approx(want, abs=0.01)
     lo, hi = res["ci95"]
     assert 0 < lo < want < hi  # paired: the shared items cancel, so the gain is clearly positive
-    assert ev.paired_gap(second, first, base, n_boot=500)["gap"] == pytest.approx(-want, abs=0.01)
+    assert paired_gap(second, first, base, n_boot=500)["gap"] == pytest.approx(-want, abs=0.01)
     # tasks without per-item scores, or with the baseline at chance, are left out
     flat = {"tasks": {"a": _task(0.5, 0.02)}}
-    assert ev.paired_gap(flat, flat, base) is None
+    assert paired_gap(flat, flat, base) is None
     at_chance = {"tasks": {"a": _task(0.25, 0.02, [0.0] * n)}}
-    assert ev.paired_gap(first, second, at_chance) is None
+    assert paired_gap(first, second, at_chance) is None

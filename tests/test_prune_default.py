@@ -15,7 +15,7 @@ def test_sdd_prune_default_model(default_model, tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sdd_plugin import cli
-    from sdd_plugin.prune.stage import count_parameters, decoder_layers
+    from sdd_plugin.prune import count_parameters, decoder_layers
 
     out = tmp_path / "pruned"
     assert (

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from sdd_plugin import plugins
-from sdd_plugin.prune.stage import count_parameters, decoder_layers, prune, remove_blocks, validate_blocks
+from sdd_plugin.prune import count_parameters, decoder_layers, prune, remove_blocks, validate_blocks
 from sdd_plugin.testing import TINY_ARCHS
 
 pytestmark = pytest.mark.filterwarnings("ignore")

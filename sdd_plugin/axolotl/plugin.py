@@ -128,7 +128,7 @@ class SelfDistillationPlugin(BasePlugin):
             )
             return
 
-        from ..prune.stage import prune
+        from ..prune import prune
 
         kwargs: dict[str, Any] = {}
         if args.sdd_prune_calibration_limit:
@@ -263,7 +263,7 @@ class SelfDistillationPlugin(BasePlugin):
         """Fail loudly if the model axolotl built is not the pruned one."""
         if not self.prune_info.get("enabled"):
             return
-        from ..prune.stage import decoder_layers
+        from ..prune import decoder_layers
 
         got = len(decoder_layers(model))
         want = self.prune_info["num_layers_after"]

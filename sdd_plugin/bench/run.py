@@ -482,7 +482,7 @@ def _data_root(data_root: str | os.PathLike | None, preset: Preset) -> Path | No
     )
     if not needs:
         return None
-    from ..evaluate.run import resolve_data_root
+    from ..evaluate import resolve_data_root
 
     return resolve_data_root(data_root)
 
@@ -523,7 +523,7 @@ def run_recovery(
     }
 
     def eval_stage(label: str, model_fn: Callable[[], str], upstream: dict) -> dict:
-        from ..evaluate.run import evaluate
+        from ..evaluate import evaluate
 
         def fn(folder: Path) -> dict:
             # one lm-eval call per distinct limit; results are cached per task inside evaluate()
@@ -564,7 +564,7 @@ def run_recovery(
     # 2. prune: the same call the axolotl plugin makes. prune() is content-addressed (model, settings,
     # calibration content, code version), so it is reused when nothing changed, and its folder name
     # keys every downstream stage: a changed pruning recomputes everything that depends on it.
-    from ..prune.stage import prune
+    from ..prune import prune
 
     echo("[prune] scoring and pruning (reused when cached) ...")
     t_prune = time.time()
@@ -753,7 +753,7 @@ def _pct(v: float | None) -> str:
 
 def write_recovery_report(results: dict[str, Any], run_dir: Path) -> Path:
     """Write ``results.json``, ``recovery.{json,md,png}`` and ``REPORT.md`` into ``run_dir``."""
-    from ..evaluate.run import (
+    from ..evaluate import (
         INFORMATIVE_SIGMAS,
         format_score,
         higher_is_better,

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..prune.stage import prune
+    from ..prune import prune
 
     result = prune(
         args.model,
