@@ -2,7 +2,9 @@
 
 ``build_report(run_dir)`` walks ``run_dir`` for the artifacts the stages write (by file name),
 renders a section for each kind that exists (figures linked by relative path, companion Markdown
-tables embedded) and lists what was not found.
+tables embedded) and lists what was not found. A benchmark's run folder (``sdd bench``, ``sdd demo``:
+a ``results.json`` at its top) gets the benchmark's own page instead
+(``sdd_plugin.bench.report_sections``); this module is the one writer of ``REPORT.md``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ DISTILL_KEYS = {
 }
 
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules"}
+
+#: a benchmark's results at the top of its run folder
+BENCHMARK_RESULTS = "results.json"
 
 
 def find_artifacts(run_dir: str | os.PathLike) -> dict[str, list[Path]]:
@@ -198,6 +203,17 @@ def _section(a: Artifact, paths: list[Path], base: Path, shown_figures: set[Path
     return lines
 
 
+def benchmark_results(run_dir: str | os.PathLike) -> dict | None:
+    """The recovery benchmark's results when ``run_dir`` is a benchmark's run folder, else None."""
+    path = Path(run_dir) / BENCHMARK_RESULTS
+    if not path.is_file():
+        return None
+    from .bench.report_sections import is_recovery_results
+
+    data = _load(path)
+    return data if is_recovery_results(data) else None
+
+
 def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write ``REPORT.md`` (default ``run_dir/REPORT.md``) gathering a run's artifacts; returns its path."""
     root = Path(run_dir)
@@ -207,6 +223,12 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if out_path.is_dir() or (out is not None and out_path.suffix.lower() != ".md"):
         out_path = out_path / "REPORT.md"
     base = out_path.parent.resolve()
+    benchmark = benchmark_results(root)
+    if benchmark is not None:
+        from .bench.report_sections import render_recovery_report
+
+        write_text_atomic(out_path, render_recovery_report(benchmark, root.resolve(), base))
+        return out_path
     found = find_artifacts(root.resolve())
     lines = [
         f"# SDD run report: {root.resolve().name}",

@@ -237,7 +237,7 @@ def test_stopping_the_benchmark_stops_its_trainer(workdir, tmp_path):
     root, env = workdir
     recipe = yaml.safe_load(_recipe(root, "sigterm", "smollm2-135m-sft-gsm8k-cpu.yml").read_text())
     code = (
-        "import sys, yaml; from pathlib import Path; from sdd_plugin.bench.run import axolotl_train; "
+        "import sys, yaml; from pathlib import Path; from sdd_plugin.bench import axolotl_train; "
         "axolotl_train(yaml.safe_load(open(sys.argv[1])), Path(sys.argv[2]))"
     )
     spec = tmp_path / "recipe.yml"

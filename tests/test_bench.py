@@ -1,10 +1,21 @@
-"""The recovery benchmark's plumbing: presets, resumable stages, the recipe it trains with."""
+"""The recovery benchmark's plumbing: presets, resumable stages, the recipe it trains with, its report."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import shutil
+from pathlib import Path
 
-from sdd_plugin.bench import run as bench
+import pytest
+import yaml
+
+from sdd_plugin import bench
+from sdd_plugin.bench.recovery import write_results
+from sdd_plugin.bench.stages import PENDING_FILE, STAGE_FILE
+from sdd_plugin.bench.trainer import packaged_recipe
+from sdd_plugin.report import build_report
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_presets_validate_and_reject_unknown_settings():
@@ -44,14 +55,14 @@ def test_stages_run_once_per_inputs_and_resume_after_a_failure(tmp_path):
 
     with pytest.raises(RuntimeError):
         stages.run("b", {"k": 1}, boom)
-    assert not (stages.folder("b") / bench.STAGE_FILE).exists()  # unfinished: not taken as done
+    assert not (stages.folder("b") / STAGE_FILE).exists()  # unfinished: not taken as done
     # same inputs: the unfinished folder is kept for the stage to resume from (training checkpoints)
     seen = []
     meta = bench.Stages(tmp_path, echo=lambda _: None).run(
         "b", {"k": 1}, lambda folder: seen.append((folder / "partial.txt").read_text()) or {}
     )
     assert meta["cached"] is False and seen == ["half"]
-    assert not (stages.folder("b") / bench.PENDING_FILE).exists()
+    assert not (stages.folder("b") / PENDING_FILE).exists()
     # changed inputs: an unfinished folder of the old inputs is wiped
     with pytest.raises(RuntimeError):
         stages.run("c", {"k": 1}, boom)
@@ -127,9 +138,9 @@ def _res(label, value, bpb):
     }
 
 
-def test_report_states_the_sdd_minus_sft_gap(tmp_path):
-    preset = bench.get_preset("demo").model_dump()
-    results = {
+def _results(preset: dict) -> dict:
+    """A benchmark's results as ``run_recovery`` hands them to the report stage."""
+    return {
         "preset": preset,
         "evals": {
             "baseline": _res("baseline", 0.65, 1.0),
@@ -150,7 +161,12 @@ def test_report_states_the_sdd_minus_sft_gap(tmp_path):
         "stages": {"prune": {"seconds": 1.0, "cached": False}},
         "wall_seconds": 2.0,
     }
-    path = bench.write_recovery_report(results, tmp_path)
+
+
+def test_report_states_the_sdd_minus_sft_gap(tmp_path):
+    write_results(_results(bench.get_preset("demo").model_dump()), tmp_path)
+    path = build_report(tmp_path)
+    assert path == tmp_path / "REPORT.md"
     text = path.read_text()
     # distillation served from the row cache (a new run folder, a warm cache): no speed, no crash
     assert "| wordproblems | 4 | 50.0 |" in text and "– (rows cached)" in text
@@ -169,3 +185,76 @@ def test_per_task_limits_must_name_evaluated_tasks():
     assert quick.eval_task_limits["sdd_mmlu"] < quick.eval_limit  # MMLU's limit is per subject
     with pytest.raises(ValueError, match="eval_task_limits names task"):
         bench.get_preset("demo", eval_task_limits={"sdd_mmlu": 2})
+
+
+def test_sdd_report_rewrites_the_benchmark_page_unchanged(tmp_path):
+    """``sdd report`` over a benchmark's run folder renders the page the benchmark wrote, from
+    ``results.json`` alone, with the chart link still valid when the page is written elsewhere."""
+    from sdd_plugin.cli import main
+
+    preset = bench.get_preset("quick").model_dump()
+    evals = {
+        "baseline": _res("baseline", 0.65, 1.0),
+        "pruned": _res("pruned", 0.45, 1.7),
+        "sft-gsm8k": _res("sft", 0.50, 1.3),
+        "sdd-gsm8k": _res("sdd", 0.55, 1.2),
+        "sft-dolly": _res("sft", 0.45, 1.4),
+        "sdd-dolly": _res("sdd", 0.40, 1.5),
+        "merged-sdd": _res("merged", 0.5, 1.3),
+    }
+    results = dict(_results(preset), evals=evals)
+    results["specdec"] = {"sft-gsm8k": {"acceptance_rate": 0.6, "tokens_per_step": 2.1, "speedup": 1.3}}
+    results["distill"]["dolly"] = {"rows": 4, "acceptance_rate": 1.0, "tokens_per_s": 12.5, "fallbacks": {}}
+    returned = write_results(results, tmp_path)
+    assert set(json.loads((tmp_path / "results.json").read_text())["gaps"]) == {"gsm8k", "dolly"}
+    assert returned["recovery"]["models"] and returned is results
+    first = build_report(tmp_path).read_text()
+    assert "- **dolly**: SDD − SFT above-chance recovery = -12.5 points" in first
+    assert "## Speculative decoding" in first and "| sft-gsm8k | 60.0 | 2.10 | 1.30× |" in first
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "REPORT.md").read_text() == first
+    # written elsewhere: the same page but for the chart link, rebased onto the run folder
+    other = build_report(tmp_path, out=tmp_path / "docs" / "run.md")
+    relinked = other.read_text()
+    assert "![recovery](../recovery.png)" in relinked and (other.parent / "../recovery.png").is_file()
+    assert relinked.replace("../recovery.png", "recovery.png") == first
+    # a results.json that is not a benchmark's leaves the generic report
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "results.json").write_text(json.dumps({"model": "x"}))
+    assert build_report(plain).read_text().startswith("# SDD run report: plain")
+
+
+@pytest.mark.slow
+def test_demo_report_is_what_sdd_report_writes(tmp_path):
+    """``sdd report`` after ``sdd demo`` gives the same REPORT.md, and a rerun is all cached."""
+    from sdd_plugin.cli import main
+
+    run_dir = tmp_path / "demo"
+    results = bench.run_recovery("demo", run_dir, echo=lambda _: None)
+    written = (run_dir / "REPORT.md").read_text()
+    assert "# Recovery benchmark — preset `demo`" in written and (run_dir / "recovery.png").is_file()
+    assert results["evals"]["pruned"]["tasks"]["sdd_synth_ppl"]["value"] is not None
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "REPORT.md").read_text() == written
+    shutil.rmtree(run_dir / "stages" / "eval-pruned")  # recomputed; every other stage is cached
+    again = bench.run_recovery("demo", run_dir, echo=lambda _: None)
+    cached = {name for name, s in again["stages"].items() if s["cached"]}
+    assert set(again["stages"]) - cached == {"eval-pruned"}
+    value = again["evals"]["pruned"]["tasks"]["sdd_synth_ppl"]["value"]
+    assert value == results["evals"]["pruned"]["tasks"]["sdd_synth_ppl"]["value"]
+
+
+def test_packaged_recipe_has_the_training_settings_of_the_user_facing_one():
+    """The benchmark trains from package data (an installed wheel has no recipes/ folder); its
+    settings must not drift from recipes/smollm2-135m-sdd-gsm8k-cpu.yml."""
+    user = yaml.safe_load((REPO / "recipes" / "smollm2-135m-sdd-gsm8k-cpu.yml").read_text(encoding="utf-8"))
+    packaged = packaged_recipe()
+    assert list(packaged) == list(user)  # same keys, same order (the written recipe.yml keeps it)
+    run_keys = {"datasets", "dataset_prepared_path", "output_dir"}  # set per run by recipe_for
+    assert {k for k in user if user[k] != packaged[k]} <= run_keys
+    preset = bench.get_preset("demo")
+    recipe = bench.recipe_for(preset, preset.train_sets[0], Path("d.jsonl"), Path("o"), distill=True)
+    assert all(recipe[k] for k in run_keys)
+    packaged["lora_dropout"] = 0.5  # a fresh dict per call
+    assert packaged_recipe()["lora_dropout"] == user["lora_dropout"]

@@ -4,8 +4,7 @@ import logging
 
 import pytest
 
-from sdd_plugin import models
-from sdd_plugin.bench import run as bench
+from sdd_plugin import bench, models
 
 
 def test_resolve_dtype_auto_follows_the_cpu_flags(monkeypatch, caplog):

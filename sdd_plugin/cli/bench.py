@@ -39,7 +39,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.run import run_recovery
+    from ..bench import run_recovery
 
     run_dir = args.run_dir or f"runs/recovery-{args.preset}"
     run_recovery(args.preset, run_dir, data_root=args.data_root, **parse_overrides(args.set))

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench.run import run_recovery
+    from ..bench import run_recovery
 
     run_recovery("demo", args.out)
     return 0
