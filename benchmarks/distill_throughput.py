@@ -92,7 +92,7 @@ def main() -> None:
     from sdd_plugin.distill.formats import load_rows, read_examples
     from sdd_plugin.distill.stage import render_prompt
     from sdd_plugin.generation.hf.backend import HF_BACKEND, plan_batches, stop_token_ids
-    from sdd_plugin.generation.hf.decoding import common_prefix_length
+    from sdd_plugin.generation.hf.prefill import common_prefix_length
     from sdd_plugin.interfaces import GenerationSettings
     from sdd_plugin.models import machine_summary, resolve_model
     from sdd_plugin.plugins import get_template

@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdd_plugin.generation.hf import decoding
-from sdd_plugin.generation.hf.decoding import (
-    common_prefix_length,
-    decode_batch,
+from sdd_plugin.generation.hf import cpu_linears, prompt_lookup
+from sdd_plugin.generation.hf.attention import (
     gqa_sdpa_attention_forward,
     register_gqa_attention,
+    row_column_kwargs,
     row_groups,
 )
+from sdd_plugin.generation.hf.cpu_linears import CpuLinears
+from sdd_plugin.generation.hf.decoding import decode_batch
+from sdd_plugin.generation.hf.kv_cache import full_attention_only
+from sdd_plugin.generation.hf.prefill import common_prefix_length, prefill
 from sdd_plugin.interfaces import GenerationSettings
 from sdd_plugin.testing import TINY_ARCHS
 
@@ -80,7 +83,7 @@ def test_decode_batch_matches_per_row_generate(tiny_models, arch, lookup, tokens
     early (their EOS is a token they emit) and leave the batch, for every tiny architecture
     (gemma3's sliding layers take the DynamicCache path). ``lookup-late`` starts with plain
     steps and switches to prompt lookup once at most 3 rows run."""
-    monkeypatch.setattr(decoding, "LOOKUP_TOKENS_PER_STEP", tokens_per_step)
+    monkeypatch.setattr(prompt_lookup, "LOOKUP_TOKENS_PER_STEP", tokens_per_step)
     path = tiny_models(arch)
     stock, tok = _load(path)
     max_new = 10
@@ -249,12 +252,69 @@ def test_kernel_is_cached_and_shares_torchs_openmp_runtime():
     kernel = _kernel()
     assert kernel.library == build_decode_attention()
     code = (
-        "import torch; from sdd_plugin import kernels as k; before = k.openmp_runtimes(); "
+        "import torch; from sdd_plugin.generation.hf import kernel as k; before = k.openmp_runtimes(); "
         "assert k.decode_attention_kernel() is not None; print(sorted(before)); print(sorted(k.openmp_runtimes()))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, after = out.stdout.strip().splitlines()[-2:]
     assert after == before
+
+
+def test_cached_kernel_built_from_other_source_is_rebuilt_not_loaded(tmp_path, monkeypatch):
+    """A library in the kernel cache is reused only when its build record matches this source
+    and its bytes: a stale library under the expected name, a record naming another build, or no
+    record at all make the next build compile the real source again (real compiles)."""
+    import json
+    import os
+    import subprocess
+
+    from sdd_plugin.cache import file_hash
+    from sdd_plugin.generation.hf.kernel import (
+        DecodeAttention,
+        _compiler,
+        _self_check,
+        build_decode_attention,
+        build_record,
+    )
+
+    cc = _compiler()
+    if cc is None:
+        pytest.skip("no C compiler on this machine: the engine stays on SDPA")
+    monkeypatch.setenv("SDD_CACHE_DIR", str(tmp_path / "cache"))
+    library = build_decode_attention()
+    record = json.loads(build_record(library).read_text())
+    assert record["library_sha256"] == file_hash(library, 64)
+    inode = library.stat().st_ino
+    assert build_decode_attention() == library and library.stat().st_ino == inode  # reused as is
+
+    # a library built from other C source, exporting the same symbol
+    stub_source = tmp_path / "stub.c"
+    stub_source.write_text("int sdd_decode_attention(void) { return 1; }\n")
+    stub = tmp_path / "stub.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(stub), str(stub_source)], check=True)
+    with pytest.raises(RuntimeError, match="decode attention kernel"):
+        _self_check(DecodeAttention(stub))  # loading it would break decode attention
+
+    def plant(new_record):
+        library.write_bytes(stub.read_bytes())
+        if new_record is None:
+            os.unlink(build_record(library))
+        else:
+            build_record(library).write_text(json.dumps(new_record))
+
+    stub_hash = file_hash(stub, 64)
+    for planted in (
+        record,  # stale bytes under the expected name, the real build's record beside them
+        {"build_key": "0" * 64, "library_sha256": stub_hash},  # a record of another build
+        None,  # no record (a cache from before records existed)
+    ):
+        plant(planted)
+        rebuilt = build_decode_attention()
+        assert rebuilt == library
+        assert rebuilt.read_bytes() != stub.read_bytes()
+        assert json.loads(build_record(rebuilt).read_text())["build_key"] == record["build_key"]
+        assert file_hash(rebuilt, 64) == json.loads(build_record(rebuilt).read_text())["library_sha256"]
+    assert _self_check(DecodeAttention(library))
 
 
 def test_engine_runs_decode_steps_on_the_kernel_and_sdpa_agrees(tiny_models, monkeypatch):
@@ -294,17 +354,17 @@ def test_lean_decode_step_gives_the_stock_forwards_logits_bit_for_bit(tiny_model
 
     _kernel()
     model, tok = _load(tiny_models(arch), attention="gqa")
-    if not decoding._full_attention_only(model.config):
+    if not full_attention_only(model.config):
         assert LeanDecodeStep.for_model(model) is None
         return
     _, enc = _batch(tok, PROMPTS)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     width = ids.shape[1]
-    with torch.inference_mode(), decoding._CpuLinears(model):
+    with torch.inference_mode(), CpuLinears(model):
         lean = LeanDecodeStep.for_model(model)
         assert lean is not None
         assert lean.fits(3) and not lean.fits(64)  # 2 query heads a KV head: up to 32 tokens a row
-        caches = [decoding._prefill(model, ids, mask, width + 8, 2, min_shared=2)[0] for _ in range(2)]
+        caches = [prefill(model, ids, mask, width + 8, 2, min_shared=2)[0] for _ in range(2)]
         assert caches[1].layers[0].shared_columns >= 2  # the kernel reads the shared prefix once
         pos = mask.sum(-1, keepdim=True)
         first = (width - pos[:, 0]).tolist()
@@ -315,7 +375,7 @@ def test_lean_decode_step_gives_the_stock_forwards_logits_bit_for_bit(tiny_model
             position_ids=pos,
             past_key_values=caches[0],
             use_cache=True,
-            **decoding._group_kwargs(model, first),
+            **row_column_kwargs(model, first),
         ).logits
         got = lean(tokens, pos, caches[1], torch.tensor(first))
         assert torch.equal(got, stock)
@@ -343,7 +403,7 @@ def test_lean_decode_step_gives_the_stock_forwards_logits_bit_for_bit(tiny_model
                         position_ids=positions,
                         past_key_values=cache,
                         use_cache=True,
-                        **decoding._group_kwargs(model, first, stop_columns=col + 1),
+                        **row_column_kwargs(model, first, stop_columns=col + 1),
                     ).logits
                 )
             for layer in cache.layers:
@@ -363,14 +423,14 @@ def test_lean_decode_step_gives_the_stock_forwards_logits_bit_for_bit(tiny_model
 
 
 def test_cpu_linears_fuse_siblings_and_restore_the_model(tiny_models, monkeypatch):
-    """Inside ``_CpuLinears`` the model gives the same logits through oneDNN GEMMs with fused
+    """Inside ``CpuLinears`` the model gives the same logits through oneDNN GEMMs with fused
     q/k/v and gate/up; a sibling called on another input computes its own product; on exit
     every module has its class forward back; a model over the size limit is left alone."""
     model, tok = _load(tiny_models("llama"))
     enc = tok(PROMPTS[:2], return_tensors="pt", padding=True, padding_side="left")
     with torch.inference_mode():
         ref = model(**enc).logits
-        with decoding._CpuLinears(model) as fast:
+        with CpuLinears(model) as fast:
             assert fast.modules, "no linear layer was taken over"
             got = model(**enc).logits
             attn = model.model.layers[0].self_attn
@@ -382,19 +442,19 @@ def test_cpu_linears_fuse_siblings_and_restore_the_model(tiny_models, monkeypatc
         # the prepared weights are reused across calls, but not after a weight changed in place
         model.model.layers[0].self_attn.k_proj.weight.mul_(2.0)
         changed = model(**enc).logits
-        with decoding._CpuLinears(model):
+        with CpuLinears(model):
             torch.testing.assert_close(model(**enc).logits, changed, rtol=1e-4, atol=1e-4)
         assert not torch.allclose(changed, ref, atol=1e-4)
-        monkeypatch.setattr(decoding, "CPU_LINEARS_MAX_BYTES", 0)
-        with decoding._CpuLinears(model) as fast:
+        monkeypatch.setattr(cpu_linears, "CPU_LINEARS_MAX_BYTES", 0)
+        with CpuLinears(model) as fast:
             assert fast.modules == []
             assert not any("forward" in m.__dict__ for m in model.modules())
 
 
 def test_ngram_index_drafts_from_the_latest_earlier_occurrence():
-    from sdd_plugin.generation.hf.decoding import _NgramIndex
+    from sdd_plugin.generation.hf.prompt_lookup import NgramIndex
 
-    idx = _NgramIndex([1, 2, 3, 4, 1, 2, 5, 6])
+    idx = NgramIndex([1, 2, 3, 4, 1, 2, 5, 6])
     idx.extend([1, 2])
     assert idx.draft(3) == [5, 6, 1]  # bigram (1, 2): its latest earlier occurrence continues 5, 6
     idx.extend([9])

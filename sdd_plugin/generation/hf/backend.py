@@ -12,9 +12,9 @@ counted). A tqdm bar shows rows/s, with tokens/s in its postfix.
 ``generate``, e.g. ``"static"``), ``engine`` (``"decode"``, the default, or ``"generate"``),
 ``prompt_lookup`` (draft tokens per step taken from the row's own prompt and output and verified
 in one pass once few rows of a batch are left; 0 = off. Default: :data:`DEFAULT_PROMPT_LOOKUP`
-for fp32 models, where greedy tokens stayed identical to plain decoding (all 64 rewrites of the
-throughput benchmark) and decoding took ~7 % less time on 2 AVX2 cores; 0 for other dtypes,
-where the verification pass rounds differently from plain steps and changes some rewrites).
+for fp32 models, where greedy tokens stay identical to plain decoding (docs/RESULTS.md has the
+measurements); 0 for other dtypes, where the verification pass rounds differently from plain
+steps and changes some rewrites).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any
 
 from ...hookspecs import hookimpl
 from ...interfaces import GenerationResult, GenerationSettings
-from .decoding import decode_batch, register_gqa_attention
+from .attention import register_gqa_attention
+from .decoding import decode_batch
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

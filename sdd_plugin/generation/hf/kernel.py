@@ -1,17 +1,16 @@
-"""The decode engine's one hand-written kernel: decode attention on CPU (``csrc/``).
+"""The decode engine's one hand-written kernel: decode attention on CPU fp32 (``csrc/``).
 
 It serves decode steps (one query a row) and prompt-lookup verification (a few causal queries a
-row). Why hand-written: a decode step reads every row's whole KV cache once, and on CPU neither
-PyTorch's flash-attention kernel nor a batched GEMM does that at the memory's speed when each
-(row, head) has three queries against a few hundred 64-float keys. Measured on 2 AVX2 cores,
-64 rows x ~375 columns x 30 layers (``benchmarks/distill_throughput.py`` prompts): SDPA with
-the engine's row groups ~6 GB/s, a plain read of the same bytes ~14.5 GB/s, this kernel ~11
-GB/s. Inductor (``torch.compile``) generated no faster code for the same function (5.8 GB/s).
+row), each row reading exactly its own KV cache columns once. Hand-written because on CPU
+neither PyTorch's flash-attention kernel, a batched GEMM nor inductor reads the cache near the
+memory's speed when each (row, head) has a few queries against a few hundred keys.
 
 The C source is built on first use with the system C compiler (``$CC``, else ``cc``) into the
-cache (``kernels/``, keyed by source, flags, compiler and CPU), loaded with :mod:`ctypes`, and
-checked once against ``F.scaled_dot_product_attention``. No compiler, a failed build or a failed
-check leaves the engine on SDPA (logged once). ``SDD_DECODE_KERNEL=0`` turns the kernel off.
+cache (``kernels/``), keyed by a hash of the source, flags, compiler and CPU that is recorded
+beside the library with the library's own hash; a cached library whose record does not match is
+rebuilt, never loaded. It is loaded with :mod:`ctypes` and checked once against
+``F.scaled_dot_product_attention``. No compiler, a failed build or a failed check leaves the
+engine on SDPA (logged once). ``SDD_DECODE_KERNEL=0`` turns the kernel off.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ...cache import cache_dir
+from ...cache import cache_dir, file_hash, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,32 @@ def openmp_runtimes() -> set[str]:
     return {line.split()[-1] for line in lines if any(n in line for n in ("libgomp", "libomp", "libiomp"))}
 
 
+def build_key(source: bytes, flags: list[str], compiler_version: str) -> str:
+    """SHA-256 (hex) of what a build depends on: the C source, the flags, the compiler and the CPU."""
+    parts = [" ".join(flags), compiler_version, _cpu_key(), platform.machine()]
+    return hashlib.sha256(b"\0".join([source, *(part.encode() for part in parts)])).hexdigest()
+
+
+def build_record(library: Path) -> Path:
+    """The JSON file beside ``library`` that records its build key and the library's SHA-256."""
+    return library.with_suffix(".json")
+
+
+def _built_from(library: Path, key: str) -> bool:
+    """Whether ``library`` exists and its record says it was built for ``key`` and has the bytes
+    that build wrote."""
+    try:
+        record = json.loads(build_record(library).read_text(encoding="utf-8"))
+        return record.get("build_key") == key and record.get("library_sha256") == file_hash(library, 64)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def build_decode_attention(compiler: str | None = None) -> Path:
-    """Compile ``csrc/decode_attention.c`` into the cache (once) and return the shared library."""
+    """Compile ``csrc/decode_attention.c`` into the cache (once) and return the shared library.
+
+    A cached library is reused only when its build record matches this source, these flags,
+    compiler and CPU, and the library's bytes; otherwise it is built again."""
     cc = compiler or _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC or install gcc/clang)")
@@ -109,10 +133,9 @@ def build_decode_attention(compiler: str | None = None) -> Path:
     for flags in FLAG_SETS:
         if "-fopenmp" in flags and not openmp:
             continue
-        parts = [" ".join(flags), "".join(version), _cpu_key(), platform.machine()]
-        key = hashlib.sha256(b"\0".join([source, *(part.encode() for part in parts)])).hexdigest()[:16]
-        out = cache_dir() / "kernels" / f"decode_attention-{key}.so"
-        if out.exists():
+        key = build_key(source, flags, "".join(version))
+        out = cache_dir() / "kernels" / f"decode_attention-{key[:16]}.so"
+        if _built_from(out, key):
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -120,7 +143,9 @@ def build_decode_attention(compiler: str | None = None) -> Path:
         cmd = [cc, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lpthread", "-lm"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode == 0:
-            os.replace(tmp, out)  # atomic: a concurrent build writes the same bytes
+            digest = file_hash(tmp, 64)
+            os.replace(tmp, out)  # atomic: a concurrent build writes an equivalent library
+            write_json_atomic(build_record(out), {"build_key": key, "library_sha256": digest})
             return out
         os.unlink(tmp)
         errors.append(f"{' '.join(cmd)}:\n{done.stderr.strip()[-2000:]}")

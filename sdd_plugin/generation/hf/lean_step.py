@@ -1,18 +1,14 @@
 """A decode step for Llama-family models that calls the model's own modules without
 transformers' per-call plumbing.
 
-A decode step of a small model on CPU is short (0.1–0.4 s for the default model), and a stock
-``model(...)`` call adds Python work around the arithmetic: building masks through generic
-helpers, recording outputs, passing keyword arguments through every layer, dispatching the
-attention interface. :class:`LeanDecodeStep` runs the same arithmetic (embedding, norms,
-projections, rotary embedding, MLP, output head) in the same order on the same tensors, with the
-attention on the C kernel of :mod:`sdd_plugin.generation.hf.kernel`, so its logits are bit-identical to the
-stock forward's (a test checks this for every supported architecture). The norms and the rotary
-embedding are inlined with fewer tensor operations (each rewrite provably exact, see
-:meth:`LeanDecodeStep.__call__`), so the layer classes, their norms and MLPs must be the stock
-ones. Measured interleaved in one process on 2 AVX2 cores with the default model: ~165 against
-~177 ms a step at 16 rows, ~420 against ~436 at 64; the inlining saves a few per cent more
-(within this machine's noise).
+A stock ``model(...)`` call wraps a decode step's arithmetic in Python work: building masks
+through generic helpers, recording outputs, passing keyword arguments through every layer,
+dispatching the attention interface. :class:`LeanDecodeStep` runs the same arithmetic (embedding,
+norms, projections, rotary embedding, MLP, output head) in the same order on the same tensors,
+with the attention on the C kernel of :mod:`.kernel`, so its logits are bit-identical to the
+stock forward's. The norms and the rotary embedding are inlined with fewer tensor operations
+(each rewrite exact, see :meth:`LeanDecodeStep.__call__`), so the layer, norm and MLP classes
+must be the stock ones.
 
 Hand-written because transformers has no lighter entry point for one decode step, and
 ``torch.compile`` recompiles for every batch size and cache width the engine goes through. It
@@ -23,6 +19,9 @@ attention; anything else (and ``SDD_LEAN_DECODE=0``) keeps the stock call.
 from __future__ import annotations
 
 import importlib
+
+from .kernel import DecodeAttention, decode_attention_kernel, env_switch
+from .kv_cache import full_attention_only
 
 #: model types whose decoder layer is the Llama layer (Qwen3 adds a norm on query and key heads)
 LAYER_TYPES = {
@@ -39,8 +38,6 @@ def _kv_heads(config) -> int:
 
 def lean_decode_enabled() -> bool:
     """False when ``SDD_LEAN_DECODE=0`` (every step then goes through the stock forward)."""
-    from .kernel import env_switch
-
     return env_switch("SDD_LEAN_DECODE")
 
 
@@ -65,8 +62,6 @@ class LeanDecodeStep:
     def fits(self, tokens_per_row: int) -> bool:
         """Whether a call with this many new tokens a row fits the kernel (else use the stock
         forward for that call)."""
-        from .kernel import DecodeAttention
-
         return DecodeAttention.fits(self.group, tokens_per_row, self.head_dim)
 
     @classmethod
@@ -76,12 +71,9 @@ class LeanDecodeStep:
         turned off."""
         import torch
 
-        from .decoding import _full_attention_only
-        from .kernel import decode_attention_kernel
-
         config = model.config
         layer_class = LAYER_TYPES.get(getattr(config, "model_type", None))
-        if layer_class is None or not lean_decode_enabled() or not _full_attention_only(config):
+        if layer_class is None or not lean_decode_enabled() or not full_attention_only(config):
             return None
         base = getattr(model, "model", None)
         layers = getattr(base, "layers", None)

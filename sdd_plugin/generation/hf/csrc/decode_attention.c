@@ -1,6 +1,7 @@
 /* Single-query decode attention on CPU, fp32, grouped-query heads unexpanded.
  *
- * Built on first use by sdd_plugin/kernels.py with the system C compiler and loaded with ctypes.
+ * Built on first use by sdd_plugin/generation/hf/kernel.py with the system C compiler and loaded
+ * with ctypes.
  * Each batch row attends one contiguous run of cache columns from start[b]: the decode engine
  * keeps every row's cache as [left padding | prompt | generated], so the padding is never read.
  * A row may bring Q > 1 new tokens (prompt-lookup verification), causal among themselves.
