@@ -156,7 +156,7 @@ def _load(path: Path) -> Any:
 
 
 def _eval_lines(data: dict) -> list[str]:
-    from .evaluate.run import _pct, format_score, higher_is_better, metric_label
+    from .evaluate import format_score, higher_is_better, metric_label, percent
 
     s = data.get("settings", {})
     lines = [
@@ -170,7 +170,7 @@ def _eval_lines(data: dict) -> list[str]:
         hib = higher_is_better(dict(r, task=t))
         lines.append(
             f"| {t} | {metric_label(r.get('metric'), hib)} | {r.get('shots')} | {r.get('n')} | "
-            f"{format_score(r.get('value'), hib)} | {format_score(r.get('stderr'), hib)} | {_pct(r.get('chance'))} |"
+            f"{format_score(r.get('value'), hib)} | {format_score(r.get('stderr'), hib)} | {percent(r.get('chance'))} |"
         )
     return lines
 

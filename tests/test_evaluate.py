@@ -354,7 +354,7 @@ def test_evaluate_lora_adapter_and_chat_template(tiny_models, tmp_path):
     assert model_identity(adapter)["adapter"]["files"]["adapter_model.safetensors"]
 
 
-def test_cli_eval_baseline_and_errors(tiny_models, tmp_path, capsys):
+def test_cli_eval_baseline_and_errors(tiny_models, tmp_path, capfd, monkeypatch):
     from sdd_plugin.cli import main
 
     model = str(tiny_models("llama", 2))
@@ -369,10 +369,16 @@ def test_cli_eval_baseline_and_errors(tiny_models, tmp_path, capsys):
         "2",
         "--baseline",
         model,
+        "--no-cache",  # both models run through lm-eval here
         "--out",
         str(out),
     ]
+    # outside a git repository lm-eval's `git describe` would print "fatal: not a git repository"
+    monkeypatch.chdir(tmp_path)
+    assert not any((d / ".git").exists() for d in [tmp_path, *tmp_path.parents])
     assert main(argv) == 0
+    console = capfd.readouterr()
+    assert "fatal:" not in console.out + console.err
     table = json.loads((out / "recovery.json").read_text())
     row = table["models"][0]["tasks"]["sdd_synth_mc"]
     assert row["score"] == row["baseline"]
@@ -394,9 +400,9 @@ def test_cli_eval_baseline_and_errors(tiny_models, tmp_path, capsys):
         == 0
     )
     assert (tmp_path / "cmp" / "recovery.md").is_file()
-    capsys.readouterr()
+    capfd.readouterr()
     assert main(["eval", "--model", model, "--tasks", "sdd_bogus", "--out", str(tmp_path / "x")]) == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "sdd_bogus" in err and "sdd_arc_easy" in err
     assert (
         main(
@@ -414,7 +420,7 @@ def test_cli_eval_baseline_and_errors(tiny_models, tmp_path, capsys):
         )
         == 2
     )
-    assert str(tmp_path / "nope") in capsys.readouterr().err
+    assert str(tmp_path / "nope") in capfd.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from sdd_plugin.evaluate import run as ev
+from sdd_plugin.evaluate import evaluate, recovery_table, write_recovery
 from sdd_plugin.report import build_report, find_artifacts, kv_table
 
 
@@ -29,11 +29,11 @@ def run_dir(tiny_models, tmp_path_factory):
     """A run folder: a real tiny eval + recovery, plus stage JSONs with the documented keys."""
     run = tmp_path_factory.mktemp("run")
     model = tiny_models("llama", 2)
-    base = ev.evaluate(model, ["sdd_synth_mc"], limit=2, out=run / "eval" / "base")
+    base = evaluate(model, ["sdd_synth_mc"], limit=2, out=run / "eval" / "base")
     cut = json.loads(json.dumps(base))
     cut["model"] = "pruned-model"
     cut["tasks"]["sdd_synth_mc"]["value"] = 0.5 * (base["tasks"]["sdd_synth_mc"]["value"] or 1.0)
-    ev.write_recovery(ev.recovery_table(cut, base), run / "eval")
+    write_recovery(recovery_table(cut, base), run / "eval")
     prune_dir = run / "pruned"
     prune_dir.mkdir()
     (prune_dir / "sdd_prune.json").write_text(

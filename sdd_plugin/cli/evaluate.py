@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default="float32",
         choices=DTYPES,
-        help="weights dtype (bfloat16: ~2.4x faster on AVX512-BF16 CPUs; compare models at one dtype)",
+        help="weights dtype (bfloat16 is faster on CPUs with AVX512-BF16; compare models at one dtype)",
     )
     parser.add_argument("--no-cache", action="store_true", help="ignore cached per-task results")
     parser.add_argument("--out", required=True, help="output folder")
@@ -70,7 +70,7 @@ def _slug(label: str) -> str:
 
 def _as_results(x: str):
     """An eval_results dict if ``x`` is a results file or a folder with one, else None."""
-    from ..evaluate.run import load_results
+    from ..evaluate import load_results
 
     p = Path(x)
     if (p.is_file() and p.suffix == ".json") or (p.is_dir() and (p / "eval_results.json").is_file()):
@@ -79,7 +79,7 @@ def _as_results(x: str):
 
 
 def _print_table(report: dict) -> None:
-    from ..evaluate.run import format_score, higher_is_better, metric_label
+    from ..evaluate import format_score, higher_is_better, metric_label
 
     print(f"{report['model']}:")
     for t, r in report["tasks"].items():
@@ -92,7 +92,7 @@ def _print_table(report: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, then (with --baseline) write recovery.json/.md/.png."""
-    from ..evaluate.run import (
+    from ..evaluate import (
         evaluate,
         expand_tasks,
         load_results,

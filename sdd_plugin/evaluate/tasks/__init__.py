@@ -1,1 +1,1 @@
-"""lm-eval task YAMLs of the sdd_* tasks (rendered at run time by sdd_plugin.evaluate.run)."""
+"""lm-eval task YAMLs of the sdd_* tasks (rendered at run time by sdd_plugin.evaluate.local_data)."""
