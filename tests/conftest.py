@@ -18,9 +18,13 @@ SHARED_DATA = Path(os.environ.get("SDD_SHARED_DATA", REPO.parent / "shared" / "d
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` (real datasets); tests that need it skip where it is absent."""
+    """``../shared/data`` (real datasets; ``SDD_SHARED_DATA`` overrides the place). Where it is
+    absent, the tests that need it are skipped -- except in CI (``CI`` set), where that is an error."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA}")
+        why = f"the real datasets are not at {SHARED_DATA} (set SDD_SHARED_DATA to their folder)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"{why}; CI is set, so the tests that need them must run", pytrace=False)
+        pytest.skip(why)
     return SHARED_DATA
 
 

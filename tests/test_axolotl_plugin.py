@@ -47,11 +47,8 @@ def _recipe(**over):
 # ------------------------------------------------------------------------------------- args
 
 
-def test_defaults_are_the_papers_setting():
-    args = parse_sdd_args({})
-    assert args.sdd_prune and args.sdd_distill
-    assert args.sdd_prune_num_blocks == 6 and args.sdd_prune_metric == "angular"
-    assert args.sdd_teacher is None and args.sdd_prune_start is None
+def test_no_key_is_required_and_every_key_is_listed():
+    parse_sdd_args({})  # listing the plugin alone is a valid recipe: every key has a valid default
     keys = {row[0] for row in key_table()}
     assert keys == KNOWN_KEYS - {"sdd_pruned_from"}
     assert all(k.startswith("sdd_") for k in KNOWN_KEYS)
@@ -132,6 +129,23 @@ def test_data_uri_layout_follows_the_axolotl_type(cache):
 def test_bad_data_uri(cache, uri, needle):
     with pytest.raises((ValueError, FileNotFoundError), match=needle):
         resolve_data_uri(uri, "chat_template")
+
+
+def test_convert_uri_lays_out_a_gsm8k_file(cache, tmp_path):
+    """sdd://convert on a generated GSM8K-style file (no data folder needed)."""
+    from sdd_plugin.data.synthetic import word_problems, write_jsonl
+
+    rows = word_problems(5, seed=2)
+    source = write_jsonl(rows, tmp_path / "gsm.jsonl")
+    out = resolve_data_uri(f"sdd://convert?source={source}&format=gsm8k&n=3", "chat_template")
+    converted = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(converted) == 3
+    for row, conv in zip(rows, converted):
+        user, assistant = conv["messages"]
+        assert user == {"role": "user", "content": row["question"]} and assistant["role"] == "assistant"
+        final = row["answer"].rsplit("####", 1)[1].strip()
+        assert assistant["content"].endswith(f"#### {final}") and "<<" not in assistant["content"]
+    assert str(out).startswith(str(cache))
 
 
 def test_convert_uri_reads_gsm8k_and_dolly_files(cache, tmp_path, shared_data):
@@ -280,7 +294,9 @@ def test_args_merge_into_axolotls_config_schema(tiny_models):
     caps, env = gpu_capabilities()
     cfg = validate_config(DictDefault(raw), capabilities=caps, env_capabilities=env)
     assert cfg.sdd_prune_num_blocks == 2 and cfg.sdd_distill_template == "math"
-    assert cfg.sdd_distill_top_p == 0.95  # defaults of unset keys are filled in
+    default = parse_sdd_args({}).sdd_distill_top_p
+    assert "sdd_distill_top_p" not in raw and default is not None
+    assert cfg.sdd_distill_top_p == default  # an unset key gets our default in axolotl's cfg
     raw["sdd_prune_metric"] = "cosine"
     with pytest.raises(Exception, match="unknown metric 'cosine'"):
         _axolotl_validate(DictDefault(raw))

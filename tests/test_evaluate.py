@@ -167,7 +167,7 @@ def test_recovery_table_mixes_accuracy_and_bits_per_byte(tmp_path):
     assert "| **average**" not in paths["md"].read_text() and paths["png"].stat().st_size > 5000
 
 
-def test_wikitext_pages_split_at_top_level_headings(tmp_path, shared_data):
+def test_wikitext_pages_split_at_top_level_headings(tmp_path):
     raw = tmp_path / "wiki.raw"
     raw.write_bytes(
         b" = First = \r\n Text one . \r\n = = Sub = = \r\n More . \r\n = Second = \r\n Two . \r\n"
@@ -179,6 +179,9 @@ def test_wikitext_pages_split_at_top_level_headings(tmp_path, shared_data):
     (tmp_path / "empty.raw").write_text("\r\n")
     with pytest.raises(ValueError, match="empty.raw"):
         wikitext_pages(tmp_path / "empty.raw")
+
+
+def test_wikitext_pages_of_the_real_test_split(shared_data):
     pages = wikitext_pages(shared_data / "wikitext2" / "wiki.test.raw")
     assert len(pages) == 62 and pages[0].startswith(" = Robert Boulter = \n")  # the 62 test articles
     assert sum(p.count("\n") for p in pages) == 2891  # every non-empty line kept once
@@ -284,7 +287,8 @@ def test_synth_tasks_need_no_data_root(tmp_path, monkeypatch):
 def test_evaluate_tiny_results_shape_and_cache(tiny_models, shared_data, tmp_path):
     model = tiny_models("llama", 2)
     tasks = ["sdd_arc_easy", "sdd_winogrande", "sdd_synth_mc"]
-    r = evaluate(model, tasks, limit=3, num_fewshot={"sdd_winogrande": 1}, out=tmp_path / "a", batch_size=4)
+    kw = dict(limit=3, num_fewshot={"sdd_winogrande": 1}, data_root=shared_data)
+    r = evaluate(model, tasks, out=tmp_path / "a", batch_size=4, **kw)
     on_disk = json.loads((tmp_path / "a" / "eval_results.json").read_text())
     assert list(on_disk["tasks"]) == tasks
     assert on_disk["settings"]["apply_chat_template"] is False and on_disk["limit"] == 3
@@ -303,23 +307,33 @@ def test_evaluate_tiny_results_shape_and_cache(tiny_models, shared_data, tmp_pat
     assert on_disk["tasks"]["sdd_arc_easy"]["metric"] == "acc"
     assert "| sdd_winogrande | acc | 1 | 3 |" in (tmp_path / "a" / "eval_results.md").read_text()
     # rerun: every task from the cache, identical numbers
-    again = evaluate(model, tasks, limit=3, num_fewshot={"sdd_winogrande": 1}, out=tmp_path / "b")
+    again = evaluate(model, tasks, out=tmp_path / "b", **kw)
     assert all(v["cached"] for v in again["tasks"].values())
     assert {t: v["value"] for t, v in again["tasks"].items()} == {
         t: v["value"] for t, v in r["tasks"].items()
     }
+
+
+def test_evaluate_caches_per_task_and_settings(tiny_models, tmp_path):
+    """The cache half of ``test_evaluate_tiny_results_shape_and_cache`` (no data folder needed)."""
+    model = tiny_models("llama", 3)
+    first = evaluate(model, ["sdd_synth_mc"], limit=3, num_fewshot=1, out=tmp_path / "a")["tasks"]
+    again = evaluate(model, ["sdd_synth_mc"], limit=3, num_fewshot=1, out=tmp_path / "b")["tasks"]
+    assert first["sdd_synth_mc"]["cached"] is False and again["sdd_synth_mc"]["cached"] is True
+    assert again["sdd_synth_mc"]["per_item"] == first["sdd_synth_mc"]["per_item"]
     # a different setting is a different cache entry
-    other = evaluate(model, ["sdd_synth_mc"], limit=2)
-    assert other["tasks"]["sdd_synth_mc"]["cached"] is False and other["tasks"]["sdd_synth_mc"]["n"] == 2
+    for other in (dict(limit=2, num_fewshot=1), dict(limit=3, num_fewshot=0)):
+        res = evaluate(model, ["sdd_synth_mc"], **other)["tasks"]["sdd_synth_mc"]
+        assert res["cached"] is False and res["n"] == other["limit"] and res["shots"] == other["num_fewshot"]
 
 
-def test_evaluate_perplexity_tasks_tiny(tiny_models, shared_data, tmp_path):
+def test_evaluate_perplexity_tasks_tiny(tiny_models, tmp_path):
     model = tiny_models("llama", 2)
     r = evaluate(model, ["sdd_synth_ppl"], limit=4, out=tmp_path / "ppl", batch_size=4, use_cache=False)
     res = r["tasks"]["sdd_synth_ppl"]
     assert res["metric"] == "bits_per_byte" and res["higher_is_better"] is False and res["chance"] is None
     assert res["n"] == 4 and len(res["per_item"]) == 4
-    assert res["value"] > 0 and res["stderr"] > 0
+    assert res["stderr"] > 0
     # corpus-level bits per byte is a byte-weighted mean of the per-document values
     assert min(res["per_item"]) <= res["value"] <= max(res["per_item"])
     m = res["metrics"]
@@ -329,9 +343,13 @@ def test_evaluate_perplexity_tasks_tiny(tiny_models, shared_data, tmp_path):
     assert (
         f"| sdd_synth_ppl | bits_per_byte ↓ | 0 | 4 | {res['value']:.3f} |" in md and "lower is better" in md
     )
-    w = evaluate(model, ["sdd_wikitext"], limit=1, data_root=shared_data, use_cache=False)
+
+
+def test_evaluate_wikitext_tiny(tiny_models, shared_data):
+    w = evaluate(tiny_models("llama", 2), ["sdd_wikitext"], limit=1, data_root=shared_data, use_cache=False)
     wres = w["tasks"]["sdd_wikitext"]
-    assert wres["n"] == 1 and wres["value"] > 0 and wres["higher_is_better"] is False
+    assert wres["n"] == 1 and wres["metric"] == "bits_per_byte" and wres["higher_is_better"] is False
+    assert wres["value"] == pytest.approx(wres["per_item"][0])  # one page: the corpus is that page
 
 
 def test_evaluate_lora_adapter_and_chat_template(tiny_models, tmp_path):

@@ -140,6 +140,17 @@ def test_missing_file_and_axolotl_types(tmp_path):
         format_for_axolotl_type("completion")
 
 
+def test_generated_gsm8k_rows_lose_calculator_notes_and_keep_the_final_answer():
+    """The checks of ``test_real_data`` on generated GSM8K-style rows (no data folder needed)."""
+    from sdd_plugin.data.synthetic import word_problems
+
+    rows = load_rows(word_problems(20, seed=0), "gsm8k")
+    for row, ex in zip(rows, read_examples(rows, "gsm8k")):
+        final = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+        assert "<<" in row["answer"] and "<<" not in ex.prompt_reference
+        assert ex.expected == final and ex.prompt_reference.endswith(f"#### {final}")
+
+
 def test_real_data(shared_data):
     gsm = load_rows(shared_data / "gsm8k" / "train.jsonl", "gsm8k", limit=5)
     assert all(ex.expected for ex in read_examples(gsm, "gsm8k"))

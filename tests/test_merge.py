@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from sdd_plugin.merge import merge_models, model_layout
+from sdd_plugin.prune import prune
 
 TENSOR = "model.layers.0.self_attn.q_proj.weight"
 
@@ -34,8 +35,7 @@ def cache(tmp_path_factory):
 
 
 def _prune(src: Path, start: int, out: Path) -> Path:
-    pruning = pytest.importorskip("sdd_plugin.prune.stage")
-    res = pruning.prune(src, num_blocks=1, start=start, out=out, num_samples=4, max_length=32)
+    res = prune(src, num_blocks=1, start=start, out=out, num_samples=4, max_length=32)
     return Path(res.out_dir)
 
 
