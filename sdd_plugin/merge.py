@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import atomic_dir, cache_dir, file_hash, stable_hash, write_json_atomic, write_text_atomic
+from .cache import (
+    cache_dir,
+    cached_artifact,
+    fingerprint,
+    stable_hash,
+    write_json_atomic,
+    write_text_atomic,
+)
+from .checkpoints import ADAPTER_CONFIG, is_adapter
 from .models import DTYPES
 
 log = logging.getLogger(__name__)
@@ -28,7 +36,23 @@ log = logging.getLogger(__name__)
 METHODS = ("slerp", "ties")
 MERGE_FILE = "sdd_merge.json"
 PRUNE_FILE = "sdd_prune.json"
-ADAPTER_CONFIG = "adapter_config.json"
+#: Written last into a folder holding an adapter merged into its base.
+LORA_MERGE_FILE = "sdd_lora_merge.json"
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "LAYOUT_KEYS",
+    "MERGE_FILE",
+    "METHODS",
+    "MergeInput",
+    "build_mergekit_config",
+    "check_layouts",
+    "is_adapter",
+    "merge_adapter",
+    "merge_models",
+    "model_layout",
+    "resolve_input",
+]
 
 #: config keys that must agree for two models to be merged tensor by tensor
 LAYOUT_KEYS = (
@@ -60,11 +84,6 @@ class MergeInput:
     def weights_folder(self) -> Path:
         """The folder whose config defines the layout (the model itself, or the adapter's base)."""
         return self.base if self.kind == "lora" and self.base is not None else self.path
-
-
-def is_adapter(path: str | os.PathLike) -> bool:
-    """True if ``path`` is a peft adapter folder (has ``adapter_config.json``)."""
-    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -157,13 +176,8 @@ def resolve_input(spec: str | os.PathLike, base_model: str | os.PathLike | None 
 
 
 def _adapter_key(inp: MergeInput, dtype: str) -> str:
-    files = {
-        p.name: file_hash(p)
-        for p in sorted(inp.path.iterdir())
-        if p.is_file() and (p.suffix in {".safetensors", ".bin"} or p.name == ADAPTER_CONFIG)
-    }
-    base_cfg = file_hash(inp.base / "config.json") if inp.base else None
-    return stable_hash({"adapter": files, "base": str(inp.base), "base_config": base_cfg, "dtype": dtype})
+    base = fingerprint(inp.base) if inp.base else None
+    return stable_hash({"adapter": fingerprint(inp.path), "base": base, "dtype": dtype, "version": 2})
 
 
 def merge_adapter(
@@ -184,30 +198,29 @@ def merge_adapter(
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     key = _adapter_key(inp, dtype)
     target = Path(out) if out is not None else cache_dir() / "lora-merged" / f"{inp.path.name}-{key}"
-    done = target / "sdd_lora_merge.json"
-    if done.is_file() and _read_json(done).get("key") == key:
-        return target
 
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    def build(tmp: Path) -> None:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("merging LoRA adapter %s into %s", inp.path, inp.base)
-    model = AutoModelForCausalLM.from_pretrained(inp.base, dtype=getattr(torch, dtype), use_safetensors=True)
-    model = PeftModel.from_pretrained(model, inp.path).merge_and_unload()
-    tok_src = inp.path if (inp.path / "tokenizer_config.json").is_file() else inp.base
-    tok = AutoTokenizer.from_pretrained(tok_src)
-    with atomic_dir(target) as tmp:
+        log.info("merging LoRA adapter %s into %s", inp.path, inp.base)
+        model = AutoModelForCausalLM.from_pretrained(
+            inp.base, dtype=getattr(torch, dtype), use_safetensors=True
+        )
+        model = PeftModel.from_pretrained(model, inp.path).merge_and_unload()
+        tok_src = inp.path if (inp.path / "tokenizer_config.json").is_file() else inp.base
+        tok = AutoTokenizer.from_pretrained(tok_src)
         model.config.name_or_path = ""
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         if (inp.base / PRUNE_FILE).is_file():
             shutil.copy2(inp.base / PRUNE_FILE, tmp / PRUNE_FILE)
         write_json_atomic(
-            tmp / "sdd_lora_merge.json", {"key": key, "adapter": str(inp.path), "base": str(inp.base)}
+            tmp / LORA_MERGE_FILE, {"key": key, "adapter": str(inp.path), "base": str(inp.base)}
         )
-    del model
-    return target
+
+    return cached_artifact(target, build, LORA_MERGE_FILE, key=key).path
 
 
 def _per_model(name: str, value: Any, n: int, default: float) -> list[float]:
@@ -317,36 +330,38 @@ def merge_models(
         {
             "method": method,
             "inputs": [
-                {"kind": i.kind, "path": str(i.path.resolve()), "base": str(i.base) if i.base else None}
+                {
+                    "kind": i.kind,
+                    "path": str(i.path.resolve()),
+                    "content": fingerprint(i.path),
+                    "base": fingerprint(i.base) if i.base else None,
+                }
                 for i in inputs
             ],
             "params": params,
-            "base": str(base_dir) if base_dir else None,
+            "base": fingerprint(base_dir) if base_dir else None,
             "dtype": dtype,
         }
     )
-    if out.exists() and any(out.iterdir()):
-        prev = out / MERGE_FILE
-        if prev.is_file() and _read_json(prev).get("key") == record_key and not overwrite:
-            log.info("reusing merge in %s (same settings)", out)
-            return out
-        if not overwrite and not prev.is_file():
-            raise ValueError(
-                f"output folder {out} exists and is not an sdd merge; pass overwrite=True (--overwrite)"
-            )
+    if out.exists() and any(out.iterdir()) and not overwrite and not (out / MERGE_FILE).is_file():
+        raise ValueError(
+            f"output folder {out} exists and is not an sdd merge; pass overwrite=True (--overwrite)"
+        )
 
-    folders = [merge_adapter(i.path, base_model, dtype=dtype) if i.kind == "lora" else i.path for i in inputs]
-    config = build_mergekit_config(
-        folders, method, t=t, densities=dens, weights=wts, base=base_dir, dtype=dtype
-    )
+    def build(tmp: Path) -> None:
+        folders = [
+            merge_adapter(i.path, base_model, dtype=dtype) if i.kind == "lora" else i.path for i in inputs
+        ]
+        config = build_mergekit_config(
+            folders, method, t=t, densities=dens, weights=wts, base=base_dir, dtype=dtype
+        )
 
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
+        from mergekit.config import MergeConfiguration
+        from mergekit.merge import run_merge
+        from mergekit.options import MergeOptions
 
-    merge_config = MergeConfiguration.model_validate(config)
-    yaml_text = merge_config.to_yaml() + "\n"
-    with atomic_dir(out) as tmp:
+        merge_config = MergeConfiguration.model_validate(config)
+        yaml_text = merge_config.to_yaml() + "\n"
         run_merge(
             merge_config,
             str(tmp),
@@ -377,7 +392,11 @@ def merge_models(
         }
         write_json_atomic(tmp / MERGE_FILE, record)
         write_text_atomic(tmp / "README.md", _card(record, yaml_text))
-    log.info("merged %d models with %s into %s", n, method, out)
+
+    if cached_artifact(out, build, MERGE_FILE, key=record_key, rebuild=overwrite).reused:
+        log.info("reusing merge in %s (same settings)", out)
+    else:
+        log.info("merged %d models with %s into %s", n, method, out)
     return out
 
 

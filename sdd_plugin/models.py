@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from .cache import atomic_dir, cache_dir, file_hash, write_json_atomic
+from .cache import cache_dir, cached_artifact, fingerprint, write_json_atomic
 
 #: weights dtypes the stages accept (loading, evaluation, merging)
 DTYPES = ("float32", "float16", "bfloat16")
@@ -115,6 +115,10 @@ EMBEDDED_MODELS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: Written last into a converted embedded model's folder (the GGUF it came from).
+_SOURCE_FILE = "sdd_source.json"
+
+
 class ModelNotFoundError(FileNotFoundError):
     """A model name that is neither embedded, a local HF folder, nor reachable on the hub."""
 
@@ -166,7 +170,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     model.config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    write_json_atomic(out / "sdd_source.json", {"gguf": str(gguf), "sha256_16": file_hash(gguf)})
+    write_json_atomic(out / _SOURCE_FILE, {"gguf": str(gguf), "sha256_16": fingerprint(gguf)})
 
 
 def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
@@ -180,13 +184,13 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> Path:
     name = str(name_or_path or DEFAULT_MODEL)
     if name in EMBEDDED_MODELS:
         gguf = _embedded_gguf(name)
-        out = cache_dir() / "models" / f"{name}-{file_hash(gguf, 12)}"
-        if (out / "config.json").is_file() and (out / "sdd_source.json").is_file():
-            return out
-        log.info("converting %s from %s (once) into %s", name, gguf, out)
-        with atomic_dir(out) as tmp:
+        out = cache_dir() / "models" / f"{name}-{fingerprint(gguf, 12)}"
+
+        def convert(tmp: Path) -> None:
+            log.info("converting %s from %s (once) into %s", name, gguf, out)
             _convert_gguf(gguf, tmp)
-        return out
+
+        return cached_artifact(out, convert, marker=("config.json", _SOURCE_FILE)).path
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -205,7 +205,7 @@ def test_distilled_path_is_content_hashed(tmp_path):
 
 
 def test_incomplete_checkpoints_are_dropped_before_auto_resume(tmp_path):
-    from sdd_plugin.axolotl.recipe import drop_incomplete_checkpoints
+    from sdd_plugin.checkpoints import drop_incomplete_checkpoints
 
     for n, complete in ((10, True), (20, True), (30, False)):
         ckpt = tmp_path / f"checkpoint-{n}"

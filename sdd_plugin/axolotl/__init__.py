@@ -12,7 +12,8 @@ Flow (hooks in the order axolotl calls them):
    and bad values, resolves embedded model names and ``sdd://`` data paths, runs axolotl's own
    validation once (so a bad recipe fails before any weights load), then prunes ``base_model``
    (or reuses the cached pruned checkpoint) and points ``base_model`` at it. The unpruned model
-   is recorded as ``sdd_pruned_from`` and is the teacher unless ``sdd_teacher`` says otherwise.
+   is recorded (``PluginState.pruned_from``, cfg marker ``sdd_pruned_from``) and is the teacher
+   unless ``sdd_teacher`` says otherwise.
    Because this happens in ``register``, every axolotl command that reads the recipe (``train``,
    ``preprocess``, ``merge-lora``, ``inference``) sees the pruned model as the base; when an
    adapter is loaded (``merge-lora``, ``lora_model_dir``) the pruned model it was trained on wins.
@@ -21,6 +22,10 @@ Flow (hooks in the order axolotl calls them):
    pointed at it; axolotl then tokenizes and caches it like any local dataset.
 3. ``post_model_build``: checks the model axolotl built has the pruned number of blocks.
 4. ``post_train_unload``: records the finished run in ``<output_dir>/sdd_run.json``.
+
+The adapter only wires hooks to library calls: ``sdd_plugin.prune.prune``,
+``sdd_plugin.distill.distill_dataset`` / ``convert_dataset`` (``sdd data convert`` is what an
+``sdd://convert`` path does), ``sdd_plugin.checkpoints`` and ``sdd_plugin.cache.cached_artifact``.
 """
 
 from __future__ import annotations

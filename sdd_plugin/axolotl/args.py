@@ -1,5 +1,8 @@
 """Recipe keys of the Axolotl plugin: one pydantic model whose fields become top-level keys.
 
+Only user-facing ``sdd_*`` keys live here; the plugin's own run state is in
+:class:`sdd_plugin.axolotl.plugin.PluginState`.
+
 Axolotl merges this model into its own config schema (``get_input_args``), so every key here is
 validated with the rest of the recipe. The plugin also validates the ``sdd_*`` keys itself in
 ``register`` (before any weights load) and rejects unknown ``sdd_*`` keys, which Axolotl would
@@ -84,10 +87,6 @@ class SDDArgs(BaseModel):
         None,
         description="cache for pruned models and distilled data (null = $SDD_CACHE_DIR or ~/.cache/sdd-plugin)",
     )
-    # --- set by the plugin (do not write these) --------------------------------------------------
-    sdd_pruned_from: str | None = Field(
-        None, description="set by the plugin: the unpruned model that base_model was pruned from"
-    )
 
     @field_validator("sdd_prune_metric")
     @classmethod
@@ -110,7 +109,7 @@ class SDDArgs(BaseModel):
         return _check_registered("backend", v, "sdd_distill_backend")
 
 
-#: Every key this plugin accepts.
+#: Every key this plugin accepts (all user-facing; what the plugin records for itself is not a key).
 KNOWN_KEYS: frozenset[str] = frozenset(SDDArgs.model_fields)
 
 
@@ -155,8 +154,6 @@ def key_table() -> list[tuple[str, str, str]]:
     """``(key, default, description)`` for every user-facing key (used by the README and `sdd check`)."""
     rows = []
     for name, field in SDDArgs.model_fields.items():
-        if name == "sdd_pruned_from":
-            continue
         default = (
             "null"
             if field.default is None

@@ -1,33 +1,56 @@
-"""The Axolotl plugin class (imported lazily by ``sdd_plugin.axolotl``); see the package docstring."""
+"""The Axolotl plugin class (imported lazily by ``sdd_plugin.axolotl``); see the package docstring.
+
+Each hook maps the recipe onto library calls -- :func:`sdd_plugin.prune.prune`,
+:func:`sdd_plugin.distill.distill_dataset`, :mod:`sdd_plugin.checkpoints`,
+:func:`sdd_plugin.cache.cached_artifact` and the recipe helpers of :mod:`.recipe` -- so everything
+it does is also reachable from the ``sdd`` command line and the Python API. What it decides for a
+run is kept in :class:`PluginState` and written to ``<output_dir>/sdd_run.json``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.dict import DictDefault
 
+from ..cache import cached_artifact, write_json_atomic
+from ..checkpoints import drop_incomplete_checkpoints, pruned_base
+from ..prune.stage import PruneResult, load_prune_result
 from . import MANIFEST
-from .args import KNOWN_KEYS, PREFIX, SDDArgs, parse_sdd_args
+from .args import KNOWN_KEYS, SDDArgs, parse_sdd_args
 from .recipe import (
     PLUGIN_PATH,
-    check_prune_range,
     dataset_format,
     distilled_path,
-    drop_incomplete_checkpoints,
-    file_lock,
     generation_settings_dict,
-    is_data_uri,
-    num_layers,
-    resolve_data_uri,
+    prepared_prune,
+    prune_kwargs,
+    resolve_recipe,
 )
 
 #: Under "axolotl." so that axolotl's logging config shows our INFO lines next to its own.
 log = logging.getLogger("axolotl.integrations.sdd_plugin")
+
+#: cfg key the plugin writes for itself in ``register``: the unpruned model ``base_model`` was
+#: pruned from. Not a recipe key (axolotl's validation drops it; see ``prepared_prune``).
+PRUNED_FROM = "sdd_pruned_from"
+
+
+@dataclass
+class PluginState:
+    """What the plugin decided for this run (recorded in ``sdd_run.json``; not recipe keys)."""
+
+    pruned_from: str | None = None
+    """The unpruned model ``base_model`` was pruned from (the default teacher)."""
+    prune: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    distill: dict[str, Any] = field(default_factory=lambda: {"enabled": False, "datasets": []})
 
 
 def _axolotl_validate(cfg: DictDefault) -> None:
@@ -44,12 +67,15 @@ def _args_from_cfg(cfg: Any) -> SDDArgs:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+def _adapter_dir(cfg: Any) -> str | None:
+    """The adapter this axolotl command loads: ``lora_model_dir``, or ``output_dir`` when merging."""
+    return cfg.get("lora_model_dir") or (cfg.get("output_dir") if cfg.get("merge_lora") else None)
 
 
 class SelfDistillationPlugin(BasePlugin):
@@ -57,8 +83,17 @@ class SelfDistillationPlugin(BasePlugin):
 
     def __init__(self) -> None:
         super().__init__()
-        self.prune_info: dict[str, Any] = {"enabled": False}
-        self.distill_info: dict[str, Any] = {"enabled": False, "datasets": []}
+        self.state = PluginState()
+
+    @property
+    def prune_info(self) -> dict[str, Any]:
+        """What pruning did (``sdd_run.json``'s ``prune``)."""
+        return self.state.prune
+
+    @property
+    def distill_info(self) -> dict[str, Any]:
+        """What distillation did (``sdd_run.json``'s ``distill``)."""
+        return self.state.distill
 
     def get_input_args(self) -> str:
         """The pydantic model whose fields become recipe keys."""
@@ -67,9 +102,14 @@ class SelfDistillationPlugin(BasePlugin):
     # ------------------------------------------------------------------------------- register
     def register(self, cfg: dict) -> None:
         """Validate ``sdd_*`` keys, resolve names, prune, and point ``base_model`` at the result."""
-        if cfg.get("sdd_pruned_from"):  # this cfg was prepared already (e.g. re-registered on a ray worker)
-            meta = _read_json(Path(str(cfg.get("base_model"))) / "sdd_prune.json")
-            self._set_pruned(cfg, None, cfg["sdd_pruned_from"], str(cfg["base_model"]), meta, True, 0.0)
+        if cfg.get(PRUNED_FROM):  # prepared in this process already, e.g. registered twice
+            done = load_prune_result(str(cfg.get("base_model")))
+            if done is None:
+                raise ValueError(
+                    f"{PRUNED_FROM} is set but base_model {cfg.get('base_model')} is not a pruned "
+                    f"checkpoint ({PRUNED_FROM} is written by the plugin; do not set it)"
+                )
+            self._set_pruned(cfg, (), done, str(cfg[PRUNED_FROM]), 0.0)
             return
         args = parse_sdd_args(cfg)
         if cfg.get("auto_resume_from_checkpoints"):
@@ -77,111 +117,75 @@ class SelfDistillationPlugin(BasePlugin):
                 log.warning("sdd-plugin: removed %s, cut off mid-save (no trainer_state.json)", ckpt)
         if args.sdd_cache_dir:
             os.environ["SDD_CACHE_DIR"] = str(Path(args.sdd_cache_dir).expanduser().resolve())
-        base = cfg.get("base_model")
-        if not base:
-            raise ValueError("base_model: missing (sdd-plugin needs the model to prune and distil from)")
-
-        from ..models import EMBEDDED_MODELS, resolve_model
-
-        base_path: str = str(base)
-        if str(base) in EMBEDDED_MODELS or args.sdd_prune:
-            base_path = str(resolve_model(base))
-        for key in ("base_model_config", "tokenizer_config"):
-            if cfg.get(key) is not None and str(cfg.get(key)) in EMBEDDED_MODELS:
-                cfg[key] = str(resolve_model(cfg.get(key)))
-        teacher = args.sdd_teacher or base_path
-        if str(teacher) in EMBEDDED_MODELS:
-            teacher = str(resolve_model(teacher))
-        if args.sdd_prune:
-            check_prune_range(args, num_layers(base_path))
-
-        for list_key in ("datasets", "test_datasets"):
-            for entry in cfg.get(list_key) or []:
-                if isinstance(entry, dict) and is_data_uri(entry.get("path")):
-                    entry["path"] = str(resolve_data_uri(entry["path"], entry.get("type")))
-
-        cfg["base_model"] = base_path
-        cfg["sdd_teacher"] = str(teacher)
-        # Fail on a bad recipe now, not after pruning loaded the weights.
-        _axolotl_validate(cfg)
-
-        if not args.sdd_prune:
-            self.prune_info = {"enabled": False, "model": base_path}
+        prepared = prepared_prune(cfg, args)  # validated after an earlier register (ray workers)
+        if prepared is not None:
+            self._set_pruned(cfg, (), prepared, str(prepared.extra["source_path"]), 0.0)
             return
 
-        trained = _adapter_base(cfg)
+        base = cfg.get("base_model")
+        base_path = resolve_recipe(cfg, args)
+        _axolotl_validate(cfg)  # fail on a bad recipe now, not after pruning loaded the weights
+        if not args.sdd_prune:
+            self.state.prune = {"enabled": False, "model": base_path}
+            return
+
+        adapter_dir = _adapter_dir(cfg)
+        trained = pruned_base(adapter_dir) if adapter_dir else None
         if trained is not None:
             # merge-lora / inference / resuming an adapter: use the pruned model it was trained on,
             # even if today's settings or code would prune differently.
-            adapter_dir, folder, meta = trained
-            if Path(meta.get("source_path", base_path)).resolve() != Path(base_path).resolve():
+            source = trained.extra.get("source_path", base_path)
+            if Path(source).resolve() != Path(base_path).resolve():
                 log.warning(
                     "sdd-plugin: the adapter in %s was trained on a model pruned from %s, not from base_model %s",
                     adapter_dir,
-                    meta.get("source_path"),
+                    source,
                     base_path,
                 )
-            self._set_pruned(cfg, base, base_path, str(folder), meta, reused=True, seconds=0.0)
-            self.prune_info["from_adapter"] = str(adapter_dir)
+            self._set_pruned(cfg, (base, base_path), trained, base_path, 0.0)
+            self.state.prune["from_adapter"] = str(adapter_dir)
             log.info(
-                "sdd-plugin: using the pruned model the adapter in %s was trained on: %s", adapter_dir, folder
+                "sdd-plugin: using the pruned model the adapter in %s was trained on: %s",
+                adapter_dir,
+                trained.out_dir,
             )
             return
 
-        from ..prune import prune
+        from ..prune.stage import prune
 
-        kwargs: dict[str, Any] = {}
-        if args.sdd_prune_calibration_limit:
-            kwargs["num_samples"] = args.sdd_prune_calibration_limit
         t0 = time.time()
-        with file_lock(f"prune-{Path(base_path).name}"):
-            result = prune(
-                base_path,
-                num_blocks=args.sdd_prune_num_blocks,
-                metric=args.sdd_prune_metric,
-                calibration=args.sdd_prune_calibration,
-                start=args.sdd_prune_start,
-                **kwargs,
-            )
-        pruned = str(result.out_dir)
-        meta = {
-            "source_path": base_path,
-            "removed_blocks": list(result.removed_blocks),
-            "num_layers_before": result.num_layers_before,
-            "num_layers_after": result.num_layers_after,
-            "metric": result.metric,
-        }
-        self._set_pruned(
-            cfg, base, base_path, pruned, meta, reused=bool(result.reused), seconds=time.time() - t0
-        )
+        result = prune(base_path, **prune_kwargs(args))
+        self._set_pruned(cfg, (base, base_path), result, base_path, time.time() - t0)
         log.info(
             "sdd-plugin: %s pruned model %s (removed blocks %s, %d -> %d blocks)",
             "reusing" if result.reused else "built",
-            pruned,
+            result.out_dir,
             result.removed_blocks,
             result.num_layers_before,
             result.num_layers_after,
         )
 
     def _set_pruned(
-        self, cfg: Any, base: Any, base_path: str, pruned: str, meta: dict, reused: bool, seconds: float
+        self, cfg: Any, unpruned_names: tuple, result: PruneResult, source: str, seconds: float
     ) -> None:
-        """Point ``base_model`` (and configs that named the unpruned model) at ``pruned``."""
+        """Point ``base_model`` (and the config keys that named the unpruned model) at ``result``."""
+        pruned = str(result.out_dir)
         for key in ("base_model_config", "tokenizer_config"):
-            if cfg.get(key) in (base, base_path):
+            if unpruned_names and cfg.get(key) in unpruned_names:
                 cfg[key] = pruned
         cfg["base_model"] = pruned
-        cfg["sdd_pruned_from"] = base_path
-        self.prune_info = {
+        cfg[PRUNED_FROM] = source
+        self.state.pruned_from = source
+        self.state.prune = {
             "enabled": True,
-            "reused": reused,
+            "reused": bool(result.reused),
             "seconds": round(seconds, 2),
-            "source": base_path,
+            "source": source,
             "model": pruned,
-            "removed_blocks": list(meta.get("removed_blocks", [])),
-            "num_layers_before": meta.get("num_layers_before"),
-            "num_layers_after": meta.get("num_layers_after"),
-            "metric": meta.get("metric"),
+            "removed_blocks": list(result.removed_blocks),
+            "num_layers_before": result.num_layers_before,
+            "num_layers_after": result.num_layers_after,
+            "metric": result.metric,
         }
 
     # -------------------------------------------------------------------------- load_datasets
@@ -191,44 +195,19 @@ class SelfDistillationPlugin(BasePlugin):
         if args.sdd_distill:
             self._distill(cfg, args)
         else:
-            self.distill_info = {"enabled": False, "datasets": []}
+            self.state.distill = {"enabled": False, "datasets": []}
         self._write_manifest(cfg, stage="datasets")
         return None
 
     def _distill(self, cfg: DictDefault, args: SDDArgs) -> None:
-        from ..distill.stage import distill_dataset
-        from ..interfaces import GenerationSettings
-
-        teacher = cfg.get("sdd_teacher") or cfg.get("sdd_pruned_from") or cfg.get("base_model")
-        settings = GenerationSettings(**generation_settings_dict(args))
+        teacher = cfg.get("sdd_teacher") or self.state.pruned_from or cfg.get("base_model")
         entries = list(cfg.get("datasets") or [])
         formats = [dataset_format(entry, i) for i, entry in enumerate(entries)]  # all errors before any work
         new_entries, infos = [], []
         for i, (entry, fmt) in enumerate(zip(entries, formats)):
             out = distilled_path(entry, teacher, fmt, args)
-            done = out.parent / "distill_report.json"  # written last by distill_dataset
             t0 = time.time()
-            with file_lock(out.parent.name):
-                if out.is_file() and done.is_file():
-                    report = _read_json(done)
-                    reused = True
-                else:
-                    result = distill_dataset(
-                        teacher,
-                        str(entry.get("path")),
-                        fmt,
-                        out,
-                        template=args.sdd_distill_template,
-                        checker=args.sdd_distill_checker,
-                        limit=args.sdd_distill_limit,
-                        split=entry.get("split") or "train",
-                        settings=settings,
-                        backend=args.sdd_distill_backend,
-                        measure_nll=args.sdd_distill_measure_nll,
-                        retries=args.sdd_distill_retries,
-                    )
-                    report = result.report
-                    reused = False
+            report, reused = _distill_entry(entry, fmt, out, teacher, args)
             log.info(
                 "sdd-plugin: datasets[%d] %s -> %s (%s; %s of %s rewrites accepted, the rest fall back)",
                 i,
@@ -256,14 +235,14 @@ class SelfDistillationPlugin(BasePlugin):
                 }
             )
         cfg["datasets"] = new_entries
-        self.distill_info = {"enabled": True, "teacher": teacher, "datasets": infos}
+        self.state.distill = {"enabled": True, "teacher": teacher, "datasets": infos}
 
     # ------------------------------------------------------------------------------ checks
     def post_model_build(self, cfg: DictDefault, model) -> None:
         """Fail loudly if the model axolotl built is not the pruned one."""
         if not self.prune_info.get("enabled"):
             return
-        from ..prune import decoder_layers
+        from ..prune.surgery import decoder_layers
 
         got = len(decoder_layers(model))
         want = self.prune_info["num_layers_after"]
@@ -281,8 +260,8 @@ class SelfDistillationPlugin(BasePlugin):
         """``use_cpu`` for a bf16 recipe on a machine without an accelerator.
 
         transformers refuses ``bf16`` on CPU unless ``use_cpu`` is set, and axolotl has no key for
-        it; CPUs with AVX512-BF16/AMX run bf16 matmuls 2-3x faster than fp32, so the CPU recipes
-        can ask for ``bf16: true`` (elsewhere bf16 is emulated and much slower: a warning says so)."""
+        it; CPUs with AVX512-BF16/AMX run bf16 matmuls natively, so the CPU recipes can ask for
+        ``bf16: true`` (elsewhere bf16 is emulated and much slower: a warning says so)."""
         import torch
 
         if not (cfg.get("bf16") is True or cfg.get("bfloat16")):
@@ -302,8 +281,6 @@ class SelfDistillationPlugin(BasePlugin):
 
     # --------------------------------------------------------------------------- manifest
     def _write_manifest(self, cfg: DictDefault, stage: str) -> None:
-        from ..cache import write_json_atomic
-
         out_dir = cfg.get("output_dir")
         if not out_dir:
             return
@@ -316,35 +293,53 @@ class SelfDistillationPlugin(BasePlugin):
             "runs": runs,
             "base_model": cfg.get("base_model"),
             "teacher": cfg.get("sdd_teacher"),
-            "prune": self.prune_info,
-            "distill": self.distill_info,
-            "settings": {k: cfg.get(k) for k in sorted(KNOWN_KEYS) if k.startswith(PREFIX)},
+            "prune": self.state.prune,
+            "distill": self.state.distill,
+            "settings": {k: cfg.get(k) for k in sorted(KNOWN_KEYS)},
             "history": (old.get("history") or [])[-20:]
             + [
                 {
                     "stage": stage,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "prune_reused": self.prune_info.get("reused"),
-                    "distill_reused": [d["reused"] for d in self.distill_info.get("datasets", [])],
+                    "prune_reused": self.state.prune.get("reused"),
+                    "distill_reused": [d["reused"] for d in self.state.distill.get("datasets", [])],
                 }
             ],
         }
         write_json_atomic(path, manifest)
 
 
-def _adapter_base(cfg: Any) -> tuple[Path, Path, dict[str, Any]] | None:
-    """The pruned checkpoint an existing adapter of this recipe was trained on, if any.
+def _distill_entry(
+    entry: Any, fmt: str, out: Path, teacher: str, args: SDDArgs
+) -> tuple[dict[str, Any], bool]:
+    """Distil one dataset entry into ``out`` unless done already; ``(report, reused)``.
 
-    The adapter is ``lora_model_dir`` when set, else ``output_dir`` when merging (``merge_lora``).
-    Returns ``(adapter_dir, pruned_folder, its sdd_prune.json)`` or None.
-    """
-    adapter_dir = cfg.get("lora_model_dir") or (cfg.get("output_dir") if cfg.get("merge_lora") else None)
-    if not adapter_dir:
-        return None
-    base = _read_json(Path(adapter_dir) / "adapter_config.json").get("base_model_name_or_path")
-    if not base or not (Path(base) / "sdd_prune.json").is_file():
-        return None
-    return Path(adapter_dir), Path(base), _read_json(Path(base) / "sdd_prune.json")
+    ``distill_dataset`` resumes from its own row cache and writes its report last, so the folder
+    is built in place; ranks that ask at the same time wait for the first one and reuse its work."""
+    from ..distill.stage import REPORT_NAME, distill_dataset
+    from ..interfaces import GenerationSettings
+
+    reports: list[dict[str, Any]] = []
+
+    def build(folder: Path) -> None:
+        result = distill_dataset(
+            teacher,
+            str(entry.get("path")),
+            fmt,
+            folder / out.name,
+            template=args.sdd_distill_template,
+            checker=args.sdd_distill_checker,
+            limit=args.sdd_distill_limit,
+            split=entry.get("split") or "train",
+            settings=GenerationSettings(**generation_settings_dict(args)),
+            backend=args.sdd_distill_backend,
+            measure_nll=args.sdd_distill_measure_nll,
+            retries=args.sdd_distill_retries,
+        )
+        reports.append(result.report)
+
+    artifact = cached_artifact(out.parent, build, marker=(REPORT_NAME, out.name), in_place=True)
+    return (reports[0] if reports else _read_json(out.parent / REPORT_NAME)), artifact.reused
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,14 @@
 """Recipe helpers shared by the Axolotl plugin and ``sdd check`` (no axolotl import here).
 
+They map recipe keys onto library calls; the work itself is done by the library:
+
 - :func:`load_recipe` reads a recipe YAML;
-- :func:`resolve_data_uri` turns ``sdd://wordproblems?n=64`` dataset paths into a local jsonl of
-  the embedded word problems, in the layout the entry's axolotl ``type`` expects;
+- :func:`resolve_recipe` resolves embedded model names and ``sdd://`` dataset paths in place;
+- :func:`resolve_data_uri` turns ``sdd://wordproblems?n=64`` / ``sdd://convert?...`` dataset paths
+  into a cached jsonl in the layout the entry's axolotl ``type`` reads
+  (:mod:`sdd_plugin.distill.convert`; ``sdd data`` on the command line);
+- :func:`prune_kwargs`, :func:`generation_settings_dict` -- the ``sdd_*`` keys as library arguments;
+- :func:`prepared_prune` -- whether a cfg was prepared (pruned) by the plugin already;
 - :func:`dataset_format` maps an axolotl dataset entry to a :mod:`sdd_plugin.distill.formats` format;
 - :func:`distilled_path` names the content-hashed file a dataset entry is distilled into;
 - :func:`plan` says what the plugin would do with a recipe (for ``sdd check``).
@@ -13,15 +19,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlparse
 
-from ..cache import cache_dir, file_hash, stable_hash
+from ..cache import cache_dir, fingerprint, stable_hash
+from ..data.sources import looks_local
 from .args import SDDArgs, parse_sdd_args
+
+if TYPE_CHECKING:
+    from ..prune.stage import PruneResult
 
 #: The dotted path a recipe lists under ``plugins:``.
 PLUGIN_PATH = "sdd_plugin.axolotl.SelfDistillationPlugin"
@@ -36,7 +44,6 @@ _CHAT_LAYOUT_KEYS = (
     "message_field_role",
     "message_field_content",
 )
-_CALC_RE = re.compile(r"<<[^<>]*>>")
 
 
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
@@ -60,15 +67,6 @@ def is_data_uri(path: Any) -> bool:
     return isinstance(path, str) and path.startswith(DATA_SCHEME)
 
 
-def _layout_for_type(axolotl_type: Any) -> str:
-    t = axolotl_type if isinstance(axolotl_type, str) else ""
-    if t.startswith(("chat_template", "messages")):
-        return "messages"
-    if t.startswith("alpaca"):
-        return "alpaca"
-    return "gsm8k"
-
-
 def _int_param(uri: str, params: dict[str, str], key: str, default: int | None) -> int | None:
     if key not in params:
         return default
@@ -79,12 +77,6 @@ def _int_param(uri: str, params: dict[str, str], key: str, default: int | None) 
     if key == "n" and value <= 0:
         raise ValueError(f"dataset path {uri!r}: n must be positive")
     return value
-
-
-def _chat_row(instruction: str, response: str) -> dict[str, Any]:
-    return {
-        "messages": [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]
-    }
 
 
 def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
@@ -98,9 +90,13 @@ def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
 
     The output ``layout`` (parameter, or else from the axolotl ``type``): ``chat_template`` ->
     ``messages`` (user turn, assistant turn), ``alpaca*`` -> instruction/input/output, otherwise
-    the GSM8K schema (wordproblems only). GSM8K ``<<calc>>`` annotations are stripped from
-    responses; the ``#### n`` answer line stays. The file name hashes the inputs, so it is stable.
+    the GSM8K schema (wordproblems only); see :mod:`sdd_plugin.distill.convert`. The file name
+    hashes the inputs, so it is stable. On the command line: ``sdd data wordproblems`` and
+    ``sdd data convert``.
     """
+    from ..distill.convert import convert_dataset, convert_rows, layout_for_axolotl_type
+    from ..distill.formats import get_format
+
     parsed = urlparse(uri)
     name = parsed.netloc or parsed.path.lstrip("/")
     if name not in DATA_SETS:
@@ -119,7 +115,7 @@ def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
         )
     n = _int_param(uri, params, "n", 64 if name == "wordproblems" else None)
     split = params.get("split", "train")
-    layout = params.get("layout") or _layout_for_type(axolotl_type)
+    layout = params.get("layout") or layout_for_axolotl_type(axolotl_type) or "gsm8k"
     layouts = ("messages", "alpaca", "gsm8k") if name == "wordproblems" else ("messages", "alpaca")
     if layout not in layouts:
         raise ValueError(f"dataset path {uri!r}: layout must be one of {', '.join(layouts)}, got {layout!r}")
@@ -141,47 +137,21 @@ def resolve_data_uri(uri: str, axolotl_type: Any = None) -> Path:
         source, fmt = params.get("source"), params.get("format")
         if not source or not fmt:
             raise ValueError(f"dataset path {uri!r}: convert needs source=... and format=...")
-        from ..distill.formats import get_format
-
         fmt = get_format(fmt).name  # ValueError listing the known formats
         ident = dataset_identity({"path": source, "name": params.get("name"), "split": split})
-        key = {"set": name, "data": ident, "format": fmt, "n": n, "layout": layout, "version": 1}
+        key = {"set": name, "data": ident, "format": fmt, "n": n, "layout": layout, "version": 2}
         stem = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(source).name.split('.')[0])[:40]}-{fmt}-{layout}"
     out = cache_dir() / "axolotl-data" / f"{stem}-{stable_hash(key, 10)}.jsonl"
     if out.is_file():
         return out
+    if name == "convert":
+        return convert_dataset(
+            source, fmt, out, layout=layout, split=split, limit=n, config=params.get("name") or None
+        )
     from ..data.synthetic import word_problems, write_jsonl
 
-    rows: list[dict[str, Any]] = []
-    if name == "wordproblems":
-        for r in word_problems(n, seed=seed, split=split):
-            answer = _CALC_RE.sub("", r["answer"])
-            if layout == "messages":
-                rows.append(_chat_row(r["question"], answer))
-            elif layout == "alpaca":
-                rows.append({"instruction": r["question"], "input": "", "output": answer})
-            else:
-                rows.append(r)
-    else:
-        from ..distill.formats import load_rows, read_examples
-
-        if params.get("name"):  # a hub data set with a config name, e.g. openai/gsm8k main
-            import datasets
-
-            try:
-                ds = datasets.load_dataset(source, params["name"], split=split)
-            except Exception as exc:
-                raise ValueError(f"dataset path {uri!r}: could not load {source!r}: {exc}") from exc
-            src_rows = ds.select(range(min(n, len(ds)))).to_list() if n else ds.to_list()
-        else:
-            src_rows = load_rows(source, fmt, split=split, limit=n)
-        for ex in read_examples(src_rows, fmt, source):
-            response = _CALC_RE.sub("", ex.reference)
-            if layout == "messages":
-                rows.append({"messages": list(ex.messages) + [{"role": "assistant", "content": response}]})
-            else:
-                rows.append({"instruction": ex.instruction, "input": "", "output": response})
-    return write_jsonl(rows, out)
+    rows = word_problems(n, seed=seed, split=split)
+    return write_jsonl(rows if layout == "gsm8k" else convert_rows(rows, "gsm8k", layout, uri), out)
 
 
 def dataset_format(entry: Mapping[str, Any], index: int) -> str:
@@ -217,32 +187,16 @@ def dataset_format(entry: Mapping[str, Any], index: int) -> str:
     return fmt
 
 
-def _looks_local(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or Path(path).suffix.lower() in {
-        ".json",
-        ".jsonl",
-        ".gz",
-        ".parquet",
-        ".csv",
-        ".arrow",
-    }
-
-
 def dataset_identity(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """What identifies a dataset entry's content: a local file's hash, else hub id + name/split/revision."""
+    """What identifies a dataset entry's content: its keys, plus the :func:`~sdd_plugin.cache.fingerprint`
+    of a local file or folder (a hub id is identified by its id, name, split and revision)."""
     path = str(entry.get("path"))
     ident: dict[str, Any] = {
         k: entry.get(k) for k in ("path", "name", "split", "data_files", "revision", "type") if entry.get(k)
     }
     local = Path(path).expanduser()
-    if local.is_file():
-        ident["sha256"] = file_hash(local)
-    elif local.is_dir():
-        ident["files"] = {
-            str(p.relative_to(local)): [p.stat().st_size, int(p.stat().st_mtime)]
-            for p in sorted(local.rglob("*"))
-            if p.is_file()
-        }
+    if local.exists():
+        ident["content"] = fingerprint(local)
     return ident
 
 
@@ -253,10 +207,10 @@ def distilled_path(
     ``entry`` (axolotl's prepared-dataset cache is keyed on the dataset path, so a new teacher,
     template, setting or data content must give a new path). Reports are written beside it."""
     key = {
-        "version": 1,
+        "version": 2,
         "data": dataset_identity(entry),
         "format": fmt,
-        "teacher": _model_identity(teacher),
+        "teacher": fingerprint(teacher),
         "template": args.sdd_distill_template,
         "checker": args.sdd_distill_checker,
         "backend": args.sdd_distill_backend,
@@ -267,17 +221,6 @@ def distilled_path(
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(entry.get("path"))).name.split(".")[0])[:40] or "data"
     folder = (root or cache_dir() / "axolotl-distilled") / f"{stem}-{fmt}-{stable_hash(key)}"
     return folder / "distilled.jsonl"
-
-
-def _model_identity(model: str) -> dict[str, Any]:
-    path = Path(model)
-    ident: dict[str, Any] = {"model": str(model)}
-    if (path / "config.json").is_file():
-        ident["config"] = file_hash(path / "config.json")
-        ident["weights"] = {
-            p.name: [p.stat().st_size, int(p.stat().st_mtime)] for p in sorted(path.glob("*.safetensors"))
-        }
-    return ident
 
 
 def generation_settings_dict(args: SDDArgs) -> dict[str, Any]:
@@ -321,23 +264,73 @@ def check_prune_range(args: SDDArgs, layers: int | None) -> None:
         )
 
 
-@contextmanager
-def file_lock(name: str) -> Iterator[None]:
-    """An exclusive inter-process lock (so several ranks prune/distil once, the rest reuse)."""
-    lock_dir = cache_dir() / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)[:120]}.lock"
+def resolve_recipe(cfg: MutableMapping[str, Any], args: SDDArgs) -> str:
+    """Resolve a raw recipe in place, before axolotl validates it; returns the local base model path.
+
+    Embedded model names (``smollm2-135m-instruct``) in ``base_model``, ``base_model_config``,
+    ``tokenizer_config`` and ``sdd_teacher`` become local folders (``base_model`` also when it is
+    to be pruned); ``sdd_teacher`` defaults to the unpruned ``base_model``; the prune settings are
+    checked against the model's block count; ``sdd://`` paths in ``datasets``/``test_datasets``
+    become cached jsonl files. Errors name the key, before any weights load.
+    """
+    from ..models import EMBEDDED_MODELS, resolve_model
+
+    base = cfg.get("base_model")
+    if not base:
+        raise ValueError("base_model: missing (sdd-plugin needs the model to prune and distil from)")
+    base_path = str(base)
+    if base_path in EMBEDDED_MODELS or args.sdd_prune:
+        base_path = str(resolve_model(base))
+    for key in ("base_model_config", "tokenizer_config"):
+        if cfg.get(key) is not None and str(cfg.get(key)) in EMBEDDED_MODELS:
+            cfg[key] = str(resolve_model(cfg.get(key)))
+    teacher = args.sdd_teacher or base_path
+    if str(teacher) in EMBEDDED_MODELS:
+        teacher = str(resolve_model(teacher))
+    if args.sdd_prune:
+        check_prune_range(args, num_layers(base_path))
+    for list_key in ("datasets", "test_datasets"):
+        for entry in cfg.get(list_key) or []:
+            if isinstance(entry, dict) and is_data_uri(entry.get("path")):
+                entry["path"] = str(resolve_data_uri(entry["path"], entry.get("type")))
+    cfg["base_model"] = base_path
+    cfg["sdd_teacher"] = str(teacher)
+    return base_path
+
+
+def prune_kwargs(args: SDDArgs) -> dict[str, Any]:
+    """The ``sdd_prune_*`` keys as keyword arguments of :func:`sdd_plugin.prune.prune`."""
+    kwargs: dict[str, Any] = {
+        "num_blocks": args.sdd_prune_num_blocks,
+        "metric": args.sdd_prune_metric,
+        "calibration": args.sdd_prune_calibration,
+        "start": args.sdd_prune_start,
+    }
+    if args.sdd_prune_calibration_limit:
+        kwargs["num_samples"] = args.sdd_prune_calibration_limit
+    return kwargs
+
+
+def prepared_prune(cfg: Mapping[str, Any], args: SDDArgs) -> PruneResult | None:
+    """The pruned checkpoint when ``cfg`` was prepared by the plugin already, else None.
+
+    That is: ``base_model`` is an sdd-pruned folder, and pruning its recorded source with this
+    recipe's settings gives exactly that folder (:func:`sdd_plugin.prune.pruned_path`). Used for a
+    cfg that axolotl validated after ``register`` (e.g. sent to a ray worker, which registers the
+    plugin again): validation drops the plugin's own marker key, and pruning again would cut a
+    second time."""
+    from ..prune.stage import load_prune_result, pruned_path
+
+    base = cfg.get("base_model")
+    done = load_prune_result(str(base)) if args.sdd_prune and base else None
+    source = done.extra.get("source_path") if done is not None else None
+    if not source or not Path(source).is_dir():
+        return None
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        same = pruned_path(source, **prune_kwargs(args)).resolve() == Path(str(base)).resolve()
+    except (ValueError, FileNotFoundError):
+        return None
+    return done if same else None
 
 
 def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
@@ -411,7 +404,7 @@ def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
                 info["resolved"] = str(resolve_data_uri(path, entry.get("type"))) if resolve else None
             except ValueError as exc:
                 problems.append(str(exc))
-        elif _looks_local(path) and not Path(path).expanduser().exists():
+        elif looks_local(path) and not Path(path).expanduser().exists():
             problems.append(f"datasets[{i}]: data file {path} does not exist")
         if args.sdd_distill:
             try:
@@ -424,19 +417,3 @@ def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
             f"sdd_distill_limit={args.sdd_distill_limit}: only that many rows per dataset are trained on"
         )
     return out
-
-
-def drop_incomplete_checkpoints(output_dir: str | os.PathLike | None) -> list[Path]:
-    """Delete ``checkpoint-*`` folders of ``output_dir`` that a kill cut off mid-save.
-
-    transformers writes ``trainer_state.json`` last, and axolotl's auto-resume picks the highest
-    numbered checkpoint whether or not it is complete; without this a run killed while saving
-    could not resume. Returns the folders removed."""
-    if not output_dir or not Path(output_dir).is_dir():
-        return []
-    removed = []
-    for ckpt in sorted(Path(output_dir).glob("checkpoint-*")):
-        if ckpt.is_dir() and not (ckpt / "trainer_state.json").is_file():
-            shutil.rmtree(ckpt)
-            removed.append(ckpt)
-    return removed

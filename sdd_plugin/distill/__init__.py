@@ -3,9 +3,11 @@
 - :mod:`.formats` -- dataset formats: read (instruction, response, expected answer), write back;
 - :mod:`.templates` -- the built-in SDFT prompt templates;
 - :mod:`.answers` and :mod:`.checkers` -- final-answer parsing and the built-in rewrite checks;
-- :mod:`.stage` -- ``distill_dataset()``: generate, check, fall back, report, resume.
+- :mod:`.stage` -- ``distill_dataset()``: generate, check, fall back, report, resume;
+- :mod:`.convert` -- ``convert_dataset()``: rows of any format in a layout axolotl reads as it is.
 """
 
+from .convert import convert_dataset, convert_rows
 from .stage import DistillResult, distill_dataset
 
-__all__ = ["DistillResult", "distill_dataset"]
+__all__ = ["DistillResult", "convert_dataset", "convert_rows", "distill_dataset"]

@@ -13,9 +13,9 @@ Formats (``FORMATS``):
   kept untouched for the fallback.
 - ``openmath`` (OpenMathInstruct): ``question``, ``generated_solution``, ``expected_answer``.
 
-Data is loaded with HF ``datasets``: local json / jsonl / jsonl.gz / parquet / csv files, a local
-folder, a hub id (``load_dataset(id, split=...)``), or an in-memory list of rows. Every row is
-validated up front, before any model loads.
+Data is loaded with HF ``datasets`` through :mod:`sdd_plugin.data.sources`: local json / jsonl /
+jsonl.gz / parquet / csv files, a local folder, a hub id, or an in-memory list of rows. Every row
+is validated up front, before any model loads.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+
+from ..data.sources import describe_source, load_source
 
 __all__ = [
     "FORMATS",
@@ -353,35 +353,6 @@ def detect_format(row: dict) -> str:
 
 # ------------------------------------------------------------------------------------- loading
 
-_BUILDERS = {
-    ".json": "json",
-    ".jsonl": "json",
-    ".ndjson": "json",
-    ".parquet": "parquet",
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".arrow": "arrow",
-}
-
-
-def _builder_for(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in {".gz", ".bz2", ".xz", ".zst", ".zip"}:
-        suffixes = suffixes[:-1]
-    ext = suffixes[-1] if suffixes else ""
-    if ext not in _BUILDERS:
-        raise ValueError(
-            f"{path}: unsupported data file type {ext or '(none)'!r}; use json, jsonl, parquet or csv"
-        )
-    return _BUILDERS[ext]
-
-
-def describe_source(source: Any) -> str:
-    """A short name of a data source for messages and cache keys."""
-    if isinstance(source, (list, tuple)):
-        return f"<{len(source)} in-memory rows>"
-    return str(source)
-
 
 def load_rows(
     source: str | os.PathLike | Sequence[dict],
@@ -389,43 +360,24 @@ def load_rows(
     split: str = "train",
     limit: int | None = None,
     validate: bool = True,
+    config: str | None = None,
 ) -> list[dict]:
     """Load rows from a local file/folder, a hub id or a list of dicts, and validate them.
 
-    ``limit`` keeps the first N rows. With ``format`` set (and ``validate``), every row is checked;
-    a missing field raises a ValueError naming the file, the row index and the field.
+    Local files, folders and hub ids (``config``: the hub config name) are loaded by
+    :func:`sdd_plugin.data.sources.load_source`. ``limit`` keeps the first N rows. With ``format``
+    set (and ``validate``), every row is checked; a missing field raises a ValueError naming the
+    file, the row index and the field.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     if isinstance(source, (list, tuple)):
         rows = [dict(r) for r in source[: limit if limit is not None else None]]
     else:
-        rows = _load_with_datasets(source, split, limit)
+        rows = load_source(source, split=split, limit=limit, config=config).to_list()
     if format is not None and validate:
         validate_rows(rows, format, describe_source(source))
     return rows
-
-
-def _load_with_datasets(source: str | os.PathLike, split: str, limit: int | None) -> list[dict]:
-    import datasets
-
-    path = Path(source).expanduser()
-    try:
-        if path.is_file():
-            ds = datasets.load_dataset(_builder_for(path), data_files=str(path), split="train")
-        elif path.is_dir():
-            ds = datasets.load_dataset(str(path), split=split)
-        elif str(source).startswith((".", "/", "~")) or Path(str(source)).suffix.lower() in _BUILDERS:
-            raise FileNotFoundError(f"data file {source} does not exist")
-        else:
-            ds = datasets.load_dataset(str(source), split=split)
-    except (FileNotFoundError, ValueError):
-        raise
-    except Exception as exc:  # arrow schema errors, unknown hub ids, offline hub
-        raise ValueError(f"could not load dataset {source!r} (split {split!r}): {exc}") from exc
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return ds.to_list()
 
 
 def validate_rows(rows: Sequence[dict], format: str, source: str = "<rows>") -> list[Example]:

@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import cache_dir as default_cache_dir
-from ..cache import stable_hash, write_json_atomic, write_text_atomic
+from ..cache import fingerprint, stable_hash, write_json_atomic, write_text_atomic
+from ..data.sources import describe_source
 from ..interfaces import GenerationResult, GenerationSettings
 from .formats import (
     FORMAT_FOR_AXOLOTL_TYPE,
     Example,
-    describe_source,
     format_for_axolotl_type,
     get_format,
     load_rows,
@@ -89,16 +89,6 @@ def render_prompt(tokenizer, messages: list[dict[str, str]], prefix: str = "") -
     else:  # a base model without a chat template: a plain instruction layout
         text = "\n\n".join(m["content"].strip() for m in messages) + "\n\n### Response:\n"
     return text + prefix
-
-
-def _teacher_identity(path: Path) -> dict[str, Any]:
-    weights = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors"))
-    cfg = path / "config.json"
-    return {
-        "path": str(path.resolve()),
-        "config": stable_hash(cfg.read_text()) if cfg.is_file() else None,
-        "weights": weights,
-    }
 
 
 # --------------------------------------------------------------------------------------- cache
@@ -288,7 +278,7 @@ def distill_dataset(
 
     settings_dict = asdict(settings)
     run_id = {
-        "teacher": _teacher_identity(teacher_path),
+        "teacher": fingerprint(teacher_path),
         "backend": backend_obj.name,
         "settings": settings_dict,
     }

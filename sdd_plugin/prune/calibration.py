@@ -13,8 +13,10 @@ Sources accepted by :func:`load_calibration_texts`:
   the text field is auto-detected (``text``, ``content``, ``document``, or a concatenation of
   ``instruction``+``input``+``output`` / ``question``+``answer`` / ``prompt``+``response``
   style columns); ``text_field`` overrides.
-- anything else that is not an existing path: a hub dataset id, loaded with
+- anything else that is not a local path: a hub dataset id, loaded with
   ``datasets.load_dataset(id, split=split)`` (``"id:config"`` selects a config).
+
+Local-or-hub and extension handling are :mod:`sdd_plugin.data.sources`'s.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..cache import file_hash, stable_hash
+from ..cache import fingerprint, stable_hash
+from ..data.sources import data_extension, file_builder, load_source, looks_local
 
 BUILTIN = "builtin"
+#: Plain-text extensions: documents are blank-line separated paragraphs.
+TEXT_EXTENSIONS = (".txt", ".raw", ".md")
 
 _TEXT_FIELDS = ("text", "content", "document", "passage", "sentence", "body")
 _PAIR_FIELDS = (
@@ -38,12 +43,6 @@ _PAIR_FIELDS = (
     ("prompt", "completion"),
     ("query", "response"),
 )
-_FILE_FORMATS = {
-    ".json": "json",
-    ".jsonl": "json",
-    ".parquet": "parquet",
-    ".csv": "csv",
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,22 +235,6 @@ def _from_dataset(ds, text_field: str | None, where: str, limit: int | None, min
     return out
 
 
-def _file_format(path: Path) -> str | None:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in {".gz", ".bz2", ".xz", ".zst"}:
-        suffixes = suffixes[:-1]
-    if not suffixes:
-        return None
-    ext = suffixes[-1]
-    if ext in {".txt", ".raw", ".md"}:
-        return "txt"
-    return _FILE_FORMATS.get(ext)
-
-
-def _is_path_like(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or bool(Path(source).suffix and "/" not in source.strip("/"))
-
-
 def load_calibration_texts(
     source: str | os.PathLike | None = None,
     limit: int | None = 128,
@@ -271,15 +254,10 @@ def load_calibration_texts(
         return texts[:limit] if limit else texts
     src = str(source)
     path = Path(src).expanduser()
-    if path.exists() or _is_path_like(src):
+    if looks_local(src):
         if not path.is_file():
             raise FileNotFoundError(f"calibration file {src!r} does not exist (or is not a file)")
-        fmt = _file_format(path)
-        if fmt is None:
-            raise ValueError(
-                f"calibration file {src!r}: unsupported format; use .txt/.raw, .json, .jsonl, .parquet or .csv"
-            )
-        if fmt == "txt":
+        if data_extension(path) in TEXT_EXTENSIONS:
             try:
                 if path.suffix == ".gz":
                     import gzip
@@ -291,8 +269,12 @@ def load_calibration_texts(
                 raise FileNotFoundError(f"cannot read calibration file {src!r}: {exc}") from exc
             texts = [t for t in _split_txt(raw) if len(t) >= min_chars]
             texts = texts[:limit] if limit else texts
+        elif file_builder(path) is None:
+            raise ValueError(
+                f"calibration file {src!r}: unsupported format; use .txt/.raw, .json, .jsonl, .parquet or .csv"
+            )
         else:
-            texts = _load_with_datasets(fmt, path, src, text_field, limit, min_chars)
+            texts = _load_file(path, src, text_field, limit, min_chars)
     else:
         texts = _load_hub(src, split, text_field, limit, min_chars)
     if not texts:
@@ -302,24 +284,19 @@ def load_calibration_texts(
     return texts
 
 
-def _load_with_datasets(fmt, path: Path, src: str, text_field, limit, min_chars) -> list[str]:
-    import datasets
-
+def _load_file(path: Path, src: str, text_field, limit, min_chars) -> list[str]:
     try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+        ds = load_source(path)
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; report them uniformly
         if path.stat().st_size == 0:
             raise ValueError(f"calibration file {src!r} is empty") from exc
-        raise ValueError(f"cannot read calibration file {src!r} as {fmt}: {exc}") from exc
+        raise ValueError(f"cannot read calibration file {src!r} as {file_builder(path)}: {exc}") from exc
     return _from_dataset(ds, text_field, src, limit, min_chars)
 
 
 def _load_hub(src: str, split: str, text_field, limit, min_chars) -> list[str]:
-    import datasets
-
-    name, _, config = src.partition(":")
     try:
-        ds = datasets.load_dataset(name, config or None, split=split, streaming=False)
+        ds = load_source(src, split=split)
     except Exception as exc:  # noqa: BLE001
         raise FileNotFoundError(
             f"calibration source {src!r} is neither a local file nor a loadable hub dataset: {exc}"
@@ -333,5 +310,5 @@ def calibration_identity(source: str | os.PathLike | None, text_field: str | Non
         return {"builtin": stable_hash(builtin_texts(8))}
     path = Path(str(source)).expanduser()
     if path.is_file():
-        return {"file": str(path.resolve()), "sha": file_hash(path), "text_field": text_field}
+        return {"file": fingerprint(path), "text_field": text_field}
     return {"hub": str(source), "text_field": text_field}
