@@ -185,8 +185,27 @@ def test_sampled_retries_replace_rejected_rows_and_resume(tmp_path, tiny_models)
         else:
             assert s["attempt"] is None and s["reason"] == f["reason"]
 
+    # acceptance per try: try 0 is the greedy pass; each later try re-samples what is still rejected
+    tries = r["acceptance_by_try"]
+    assert tries[0] == {
+        "try": 0,
+        "rows": len(ROWS),
+        "accepted": greedy.report["accepted"],
+        "rejected": greedy.report["fallbacks"],
+    }
+    assert [t["try"] for t in tries] == list(range(len(tries))) and 2 <= len(tries) <= 3
+    for prev, cur in zip(tries, tries[1:]):
+        assert cur["rows"] == prev["rows"] - prev["accepted"]
+    for t in tries:
+        assert t["accepted"] + sum(t["rejected"].values()) == t["rows"]
+        assert t["accepted"] == sum(1 for s in side if s["accepted"] and s["attempt"] == t["try"])
+    assert r["fell_back"] == len(ROWS) - r["accepted"] == tries[-1]["rows"] - tries[-1]["accepted"]
+    assert greedy.report["acceptance_by_try"] == tries[:1]
+    assert "## Acceptance per try" in (tmp_path / "r" / "distill_report.md").read_text()
+
     again = distill_dataset(out=tmp_path / "r2", retries=2, **kw)
     assert again.report["generated_rows"] == 0
     assert again.output_path.read_text() == retried.output_path.read_text()
+    assert again.report["acceptance_by_try"] == tries  # resumed from the row caches: the same counts
     with pytest.raises(ValueError, match="retries"):
         distill_dataset(out=tmp_path / "x", retries=-1, **kw)

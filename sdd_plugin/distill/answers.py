@@ -18,12 +18,14 @@ from fractions import Fraction
 
 __all__ = [
     "answers_equal",
+    "calculator_results",
     "explicit_answers",
     "extract_final_answer",
     "extract_final_answers",
     "last_number",
     "normalize_answer",
     "normalize_number",
+    "numbers_in",
     "reference_answer",
 ]
 
@@ -44,6 +46,8 @@ _PHRASE_RE = re.compile(
     r"(?:\bthe\s+(?:final\s+)?answer\s+is|\bfinal\s+answer\s*(?:is)?\s*[:=]|\banswer\s*[:=])\s*:?[ \t]*",
     re.IGNORECASE,
 )
+_PLAIN_NUM_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|(?<!\d)\.\d+")
+_CALC_RE = re.compile(r"<<[^<>]*=([^<>=]*)>>")
 _LATEX_NOISE = re.compile(r"\\text\{[^{}]*\}|\\mathrm\{[^{}]*\}|\\[,;!: ]|\\left|\\right|\\\$|\$")
 
 
@@ -223,3 +227,27 @@ def answers_equal(a: str | None, b: str | None) -> bool:
     if fa is not None and fb is not None:
         return fa == fb
     return na == nb
+
+
+def numbers_in(text: str) -> set[str]:
+    """Every number written in ``text``, normalised (``1,000`` and ``1000.0`` -> ``1000``): each
+    number as :func:`last_number` reads it (sign, ``$``, ``%``, ``a/b``) and each plain digit run
+    on its own (so ``48/2`` yields ``48``, ``2`` and ``24``)."""
+    if not isinstance(text, str):
+        return set()
+    found = set()
+    for regex in (_NUM_RE, _FRAC_RE, _PLAIN_NUM_RE):
+        for m in regex.finditer(text):
+            num = normalize_number(m.group(0))
+            if num is not None:
+                found.add(num)
+    return found
+
+
+def calculator_results(reference: str) -> list[str]:
+    """The results ``c`` of a GSM8K solution's calculator annotations ``<<a*b=c>>``, normalised,
+    in order (values that are not numbers are skipped)."""
+    if not isinstance(reference, str):
+        return []
+    results = (normalize_number(m.group(1)) for m in _CALC_RE.finditer(reference))
+    return [r for r in results if r is not None]

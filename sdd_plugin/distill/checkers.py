@@ -1,4 +1,4 @@
-"""Built-in answer checkers: ``general`` and ``math``.
+"""Built-in answer checkers: ``general``, ``math`` and ``math_strict``.
 
 A checker returns ``None`` to accept a teacher rewrite, or a short reason code; the distiller then
 keeps the original response for that row and counts the reason in its report.
@@ -6,7 +6,8 @@ keeps the original response for that row and counts the reason in its report.
 Reason codes: ``empty``, ``mentions_reference`` (talks about the reference answer),
 ``mentions_prompt`` (talks about "your response", "now it's your turn", ...), and for ``math`` also
 ``no_answer``, ``multiple_answers`` (states two different final answers), ``no_reference_answer``
-and ``answer_mismatch``.
+and ``answer_mismatch``; ``math_strict`` adds ``missing_intermediate`` (a result of the reference's
+calculator annotations is not written in the rewrite).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 
 from ..hookspecs import hookimpl
-from .answers import answers_equal, extract_final_answers, reference_answer
+from .answers import answers_equal, calculator_results, extract_final_answers, numbers_in, reference_answer
 
 #: Phrases that show the rewrite talks about the prompt instead of answering it.
 REFERENCE_PATTERNS = (
@@ -85,7 +86,27 @@ class MathChecker:
         return None
 
 
+class MathStrictChecker(MathChecker):
+    """The ``math`` rules, then: every intermediate result of the reference (GSM8K's ``<<a*b=c>>``
+    annotations: each ``c``) is written as a number in the rewrite (``1,000`` = ``1000``,
+    ``5.0`` = ``5``; either sign). A reference without annotations is checked as by ``math``."""
+
+    name = "math_strict"
+
+    def check(self, rewrite: str, reference: str, expected: str | None = None) -> str | None:
+        """Return ``None`` to accept, else the reason code."""
+        reason = super().check(rewrite, reference, expected)
+        if reason:
+            return reason
+        written = numbers_in(rewrite)
+        for value in calculator_results(reference):
+            negated = value[1:] if value.startswith("-") else "-" + value
+            if value not in written and negated not in written:
+                return "missing_intermediate"
+        return None
+
+
 @hookimpl
 def sdd_answer_checkers():
     """The built-in checkers."""
-    return [GeneralChecker(), MathChecker()]
+    return [GeneralChecker(), MathChecker(), MathStrictChecker()]

@@ -39,6 +39,7 @@ from ..cache import cache_dir as default_cache_dir
 from ..cache import fingerprint, stable_hash, write_json_atomic, write_text_atomic
 from ..data.sources import describe_source
 from ..interfaces import GenerationResult, GenerationSettings
+from .acceptance import acceptance_markdown, try_summary
 from .formats import (
     FORMAT_FOR_AXOLOTL_TYPE,
     Example,
@@ -247,7 +248,8 @@ def distill_dataset(
     ``retries`` > 0 re-generates each rejected row up to that many times with sampling
     (``settings``' temperature/top-p, seed + attempt) and keeps the first rewrite that passes the
     checker; each attempt has its own resumable cache. A row that never passes falls back to the
-    original and is counted under its first attempt's reason.
+    original and is counted under its first attempt's reason. The report's ``acceptance_by_try``
+    and ``fell_back`` count, per try, the rows tried, accepted and rejected by reason.
     """
     from ..models import load_tokenizer, resolve_model
     from ..plugins import get_backend, get_checker, get_template
@@ -349,16 +351,20 @@ def distill_dataset(
     first_reasons = [check(rec, ex) for rec, ex in zip(chosen, examples)]
     status = list(first_reasons)
     attempt_of = [0] * len(rows)
+    by_try = [try_summary(0, first_reasons)]
     for attempt in range(1, retries + 1):
         rejected = [i for i, reason in enumerate(status) if reason is not None]
         if not rejected:
             break
         retry_settings = replace(settings, do_sample=True, seed=settings.seed + attempt)
         retry_cache = generate_pass(attempt, retry_settings, rejected)
+        try_reasons = []
         for i in rejected:
             rec = retry_cache.records[keys[i]]
-            if check(rec, examples[i]) is None:
+            try_reasons.append(check(rec, examples[i]))
+            if try_reasons[-1] is None:
                 chosen[i], status[i], attempt_of[i] = rec, None, attempt
+        by_try.append(try_summary(attempt, try_reasons))
 
     # Checks and fallback.
     out_rows, side, responses, reasons = [], [], [], Counter()
@@ -428,6 +434,8 @@ def distill_dataset(
         "rows_per_s": round(stats["generated_rows"] / stats["seconds"], 3) if stats["seconds"] > 0 else None,
         "retries": retries,
         "accepted_on_retry": sum(1 for i in accepted_idx if attempt_of[i] > 0),
+        "acceptance_by_try": by_try,
+        "fell_back": n - len(accepted_idx),
         "nll_original": None,
         "nll_distilled": None,
         **nll,
@@ -487,6 +495,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     ):
         if key in report:
             lines.append(f"| {key} | {fmt(report[key])} |")
+    lines += acceptance_markdown(report)
     lines += ["", "## Fallbacks (original response kept)", ""]
     if report["fallbacks"]:
         lines += ["| reason | rows |", "|---|---|"]
