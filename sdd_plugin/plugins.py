@@ -19,6 +19,7 @@ BUILTIN_MODULES = (
     "sdd_plugin.distill.templates",
     "sdd_plugin.distill.checkers",
     "sdd_plugin.generation.hf.backend",
+    "sdd_plugin.generation.vllm_backend",
 )
 
 _KINDS = {

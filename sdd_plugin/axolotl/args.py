@@ -60,7 +60,15 @@ class SDDArgs(BaseModel):
         None, description="SDFT template (null = chosen by dataset format)"
     )
     sdd_distill_checker: str | None = Field(None, description="answer checker (null = chosen by template)")
-    sdd_distill_backend: str = Field("hf", description="teacher generation backend")
+    sdd_distill_backend: str = Field(
+        "auto", description="teacher generation backend (auto: vllm on CUDA when installed, else hf)"
+    )
+    sdd_distill_ray: bool | str = Field(
+        False, description="spread teacher generation over Ray (true: start Ray here; or a cluster address)"
+    )
+    sdd_distill_ray_workers: int | None = Field(
+        None, ge=1, description="Ray actors for teacher generation (null = one per GPU / node)"
+    )
     sdd_distill_max_new_tokens: int = Field(256, ge=1, description="max tokens per teacher rewrite")
     sdd_distill_batch_size: int = Field(16, ge=1, description="teacher generation batch size")
     sdd_distill_do_sample: bool = Field(False, description="sample instead of greedy decoding")
@@ -106,7 +114,7 @@ class SDDArgs(BaseModel):
     @field_validator("sdd_distill_backend")
     @classmethod
     def _backend(cls, v: str) -> str:
-        return _check_registered("backend", v, "sdd_distill_backend")
+        return v if v == "auto" else _check_registered("backend", v, "sdd_distill_backend")
 
 
 #: Every key this plugin accepts (all user-facing; what the plugin records for itself is not a key).

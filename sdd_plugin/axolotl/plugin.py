@@ -335,6 +335,8 @@ def _distill_entry(
             backend=args.sdd_distill_backend,
             measure_nll=args.sdd_distill_measure_nll,
             retries=args.sdd_distill_retries,
+            ray=args.sdd_distill_ray,
+            ray_workers=args.sdd_distill_ray_workers,
         )
         reports.append(result.report)
 

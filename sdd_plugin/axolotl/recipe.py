@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlparse
 
 from ..cache import cache_dir, fingerprint, stable_hash
 from ..data.sources import looks_local
+from ..generation.selection import resolve_backend_name
 from .args import SDDArgs, parse_sdd_args
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ def distilled_path(
         "teacher": fingerprint(teacher),
         "template": args.sdd_distill_template,
         "checker": args.sdd_distill_checker,
-        "backend": args.sdd_distill_backend,
+        "backend": resolve_backend_name(args.sdd_distill_backend),
         "settings": generation_settings_dict(args),
         "limit": args.sdd_distill_limit,
         **({"retries": args.sdd_distill_retries} if args.sdd_distill_retries else {}),

@@ -26,7 +26,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--template", default=None, help="template (default: math for gsm8k/openmath, else general)"
     )
     parser.add_argument("--checker", default=None, help="answer checker (default like --template)")
-    parser.add_argument("--backend", default="hf", help="generation backend (default hf)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="generation backend: hf, vllm, ... (default auto: vllm on CUDA, else hf)",
+    )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="spread generation over a Ray cluster (no ADDRESS: start Ray on this machine)",
+    )
+    parser.add_argument("--ray-workers", type=int, default=None, help="Ray actors (default: per GPU / node)")
     parser.add_argument(
         "--retries",
         type=int,
@@ -84,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
         allow_truncated=args.allow_truncated,
         retries=args.retries,
+        ray=args.ray or False,
+        ray_workers=args.ray_workers,
     )
     r = result.report
     keys = (

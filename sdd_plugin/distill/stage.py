@@ -229,12 +229,14 @@ def distill_dataset(
     limit: int | None = None,
     split: str = "train",
     settings: GenerationSettings | None = None,
-    backend: str = "hf",
+    backend: str = "auto",
     cache_dir: str | os.PathLike | None = None,
     measure_nll: bool = True,
     show_progress: bool = True,
     allow_truncated: bool = False,
     retries: int = 0,
+    ray: bool | str = False,
+    ray_workers: int | None = None,
 ) -> DistillResult:
     """Self-distill a fine-tuning set with ``teacher`` and write it in the input's schema.
 
@@ -250,9 +252,14 @@ def distill_dataset(
     checker; each attempt has its own resumable cache. A row that never passes falls back to the
     original and is counted under its first attempt's reason. The report's ``acceptance_by_try``
     and ``fell_back`` count, per try, the rows tried, accepted and rejected by reason.
+
+    ``backend`` ``auto`` is ``vllm`` on CUDA when vLLM is installed, else ``hf``. ``ray`` spreads the
+    batches over a Ray cluster (True = a local Ray instance, else its address; ``ray_workers`` actors,
+    see :mod:`sdd_plugin.generation.ray_runner`); rows and cache are the same as without it.
     """
+    from ..generation.selection import make_backend
     from ..models import load_tokenizer, resolve_model
-    from ..plugins import get_backend, get_checker, get_template
+    from ..plugins import get_checker, get_template
 
     t0 = time.perf_counter()
     spec = get_format(format)
@@ -265,7 +272,7 @@ def distill_dataset(
         raise ValueError(f"retries must be >= 0, got {retries}")
     template_obj = get_template(template or spec.default_template)
     checker_obj = get_checker(checker or spec.default_checker)
-    backend_obj = get_backend(backend)
+    backend_obj = make_backend(backend, ray=ray, ray_workers=ray_workers)
     source = describe_source(data)
     rows = load_rows(data, spec.name, split=split, limit=limit, validate=False)
     examples: list[Example] = read_examples(rows, spec.name, source)  # errors before weights load
@@ -326,8 +333,9 @@ def distill_dataset(
             backend_obj.load(str(teacher_path), pass_settings)  # load outside the throughput timing
         g0 = time.perf_counter()
         try:
-            kwargs = {"show_progress": show_progress} if backend_obj.name == "hf" else {}
-            if attempt and backend_obj.name == "hf":
+            builtin = backend_obj.name in ("hf", "vllm")
+            kwargs = {"show_progress": show_progress} if builtin else {}
+            if attempt and builtin:
                 kwargs["desc"] = f"distill retry {attempt}"
             backend_obj.generate(
                 str(teacher_path), [prompts[i] for i in todo], pass_settings, on_result, **kwargs
