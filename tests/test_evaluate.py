@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from sdd_plugin.evaluate.local_data import (
     check_task_data,
     prepare_tasks,
     resolve_data_root,
+    task_fingerprint,
     wikitext_pages,
 )
 from sdd_plugin.evaluate.registry import (
@@ -265,6 +268,23 @@ def test_prepare_tasks_renders_yaml_and_hf_schema(shared_data):
     assert (data / "hellaswag.validation.jsonl").stat().st_mtime_ns == mtime
 
 
+def test_changed_source_is_converted_again_and_changes_the_task_fingerprint(tmp_path):
+    src = tmp_path / "root" / "winogrande" / "dev.jsonl"
+    src.parent.mkdir(parents=True)
+    row = {"sentence": "The cat sat on the _ .", "option1": "mat", "option2": "hat", "answer": 1}
+    src.write_text(json.dumps(row) + "\n")
+    folder = prepare_tasks(["sdd_winogrande"], tmp_path / "root")
+    converted = folder / "data" / "winogrande.validation.jsonl"
+    assert json.loads(converted.read_text())["answer"] == "1"
+    before, mtime = task_fingerprint(folder, "sdd_winogrande"), converted.stat().st_mtime_ns
+    assert prepare_tasks(["sdd_winogrande"], tmp_path / "root") == folder
+    assert converted.stat().st_mtime_ns == mtime and task_fingerprint(folder, "sdd_winogrande") == before
+    src.write_text(json.dumps(dict(row, answer=2)) + "\n")  # same size: only the content tells
+    prepare_tasks(["sdd_winogrande"], tmp_path / "root")
+    assert json.loads(converted.read_text())["answer"] == "2"
+    assert task_fingerprint(folder, "sdd_winogrande") != before
+
+
 def test_synth_tasks_need_no_data_root(tmp_path, monkeypatch):
     monkeypatch.setenv("SDD_DATA_ROOT", str(tmp_path / "does-not-exist"))
     folder = prepare_tasks(["sdd_synth_mc", "sdd_synth_math", "sdd_synth_ppl"])
@@ -369,7 +389,22 @@ def test_evaluate_lora_adapter_and_chat_template(tiny_models, tmp_path):
     assert r["settings"]["chat_template_sha"]  # the template that was used is recorded
     # the adapter is part of the cache identity: base and base+LoRA never share results
     assert model_identity(adapter) != model_identity(base)
-    assert model_identity(adapter)["adapter"]["files"]["adapter_model.safetensors"]
+    # an identical copy shares the identity (and so the cached results); one changed weight byte does not
+    copy = tmp_path / "copy"
+    shutil.copytree(adapter, copy)
+    assert model_identity(copy) == model_identity(adapter)
+    weights = copy / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert model_identity(copy) != model_identity(adapter)
+    # an adapter whose base is gone: an error naming the adapter, before anything loads
+    config = json.loads((copy / "adapter_config.json").read_text())
+    (copy / "adapter_config.json").write_text(
+        json.dumps(dict(config, base_model_name_or_path=str(tmp_path / "gone")))
+    )
+    with pytest.raises(FileNotFoundError, match=re.escape(f"adapter {copy}: its base model")):
+        model_paths(copy)
 
 
 def test_cli_eval_baseline_and_errors(tiny_models, tmp_path, capfd, monkeypatch):

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import write_json_atomic
+from ..prune import PRUNE_FILE
 from .presets import Preset, TrainSet, get_preset
 from .report_sections import sdd_sft_pairs
 from .stages import Stages
-from .trainer import axolotl_train, recipe_for, training_rows
+from .trainer import axolotl_train, prune_keys, recipe_for, training_rows
 
 #: preset fields hashed into the training stages' keys (identical for SFT and SDD)
 TRAINING_FIELDS = {
@@ -127,7 +128,7 @@ def _eval_stage(run: _Run, label: str, model: str, upstream: dict) -> dict:
 
 
 def _record_pruning(pruned: Any, prune_seconds: float, folder: Path) -> dict:
-    for name in ("sdd_prune.json", "heatmap.png", "README.md"):
+    for name in (PRUNE_FILE, "heatmap.png", "README.md"):
         if (Path(pruned.out_dir) / name).is_file():
             shutil.copy(Path(pruned.out_dir) / name, folder / name)
     return {
@@ -143,23 +144,19 @@ def _record_pruning(pruned: Any, prune_seconds: float, folder: Path) -> dict:
 
 
 def _prune_stage(run: _Run) -> tuple[dict, dict]:
-    """Stage ``prune``: the same call the Axolotl plugin makes; returns ``(stage meta, inputs)``.
+    """Stage ``prune``: the call the Axolotl plugin makes for the training recipe's ``sdd_prune*``
+    keys (:func:`.trainer.prune_keys`); returns ``(stage meta, inputs)``.
 
     ``prune()`` is content-addressed (model, settings, calibration content, code version), so it is
     reused when nothing changed, and its folder name keys every downstream stage: a changed pruning
     recomputes everything that depends on it."""
+    from ..axolotl.args import parse_sdd_args
+    from ..axolotl.recipe import prune_kwargs
     from ..prune.stage import prune
 
-    preset = run.preset
     run.echo("[prune] scoring and pruning (reused when cached) ...")
     t_prune = time.time()
-    pruned = prune(
-        run.base_path,
-        num_blocks=preset.num_blocks,
-        metric=preset.metric,
-        calibration=run.calibration,
-        num_samples=preset.calibration_samples,
-    )
+    pruned = prune(run.base_path, **prune_kwargs(parse_sdd_args(prune_keys(run.preset, run.calibration))))
     prune_seconds = round(time.time() - t_prune, 1)
     inputs = {"pruned_model": Path(pruned.out_dir).name}
     meta = run.stages.run("prune", inputs, partial(_record_pruning, pruned, prune_seconds))

@@ -3,6 +3,8 @@
 A finished stage with the same inputs is not run again; a changed input recomputes the stage (and,
 since downstream stages hash the keys they depend on, everything after it). An unfinished stage
 with unchanged inputs keeps its folder, so the work inside it (e.g. training checkpoints) resumes.
+A stage is a :func:`sdd_plugin.cache.cached_artifact` built in place, so two runs sharing a run
+folder run each stage once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..cache import stable_hash, write_json_atomic
+from ..cache import cached_artifact, fingerprint, write_json_atomic
 
 STAGE_FILE = "stage.json"
 PENDING_FILE = "stage.pending.json"
@@ -34,22 +36,35 @@ class Stages:
 
     def run(self, name: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         """Run ``fn(folder) -> summary`` unless a finished stage with the same inputs exists."""
-        key = stable_hash(inputs)
+        key = fingerprint(inputs)
         folder = self.folder(name)
-        meta_path = folder / STAGE_FILE
-        if meta_path.is_file():
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if meta.get("key") == key:
-                self.echo(f"[{name}] cached ({meta['seconds']:.0f} s when it ran)")
-                meta["cached"] = True
-                self.records[name] = meta
-                return meta
-            self.echo(f"[{name}] settings changed: recomputing")
+        built: dict[str, Any] = {}
+
+        def build(target: Path) -> None:
+            built.update(self._build(name, key, inputs, fn, target))
+
+        art = cached_artifact(folder, build, STAGE_FILE, key=key, in_place=True)
+        if not art.reused:
+            meta = dict(built, cached=False)
+        else:
+            meta = json.loads((folder / STAGE_FILE).read_text(encoding="utf-8"))
+            self.echo(f"[{name}] cached ({meta['seconds']:.0f} s when it ran)")
+            meta["cached"] = True
+        self.records[name] = meta
+        return meta
+
+    def _build(
+        self, name: str, key: str, inputs: dict[str, Any], fn: Callable[[Path], dict[str, Any]], folder: Path
+    ) -> dict[str, Any]:
+        """Run stage ``name`` in ``folder``: resume an unfinished run of the same inputs, wipe
+        anything else; write :data:`STAGE_FILE` last."""
         pending = folder / PENDING_FILE
-        resuming = pending.is_file() and json.loads(pending.read_text(encoding="utf-8")).get("key") == key
-        if folder.exists() and not resuming:
+        if (folder / STAGE_FILE).is_file():
+            self.echo(f"[{name}] settings changed: recomputing")
+        resuming = _recorded_key(pending) == key
+        if not resuming:
             shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True)
         # an unfinished stage with the same inputs keeps its folder (e.g. training checkpoints)
         write_json_atomic(pending, {"stage": name, "key": key})
         self.echo(f"[{name}] {'resuming' if resuming else 'running'} ...")
@@ -63,9 +78,16 @@ class Stages:
             "seconds": round(time.time() - t0, 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        write_json_atomic(meta_path, meta)
+        write_json_atomic(folder / STAGE_FILE, meta)
         pending.unlink(missing_ok=True)
         self.echo(f"[{name}] done in {meta['seconds']:.0f} s")
-        meta["cached"] = False
-        self.records[name] = meta
         return meta
+
+
+def _recorded_key(path: Path) -> str | None:
+    """The ``"key"`` of a JSON record, or None (missing or unreadable)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("key") if isinstance(record, dict) else None

@@ -17,14 +17,18 @@ from typing import Any
 
 import yaml
 
+from ..checkpoints import is_adapter
 from .presets import Preset, TrainSet
 
 RECIPE_NAME = "smollm2-135m-cpu.yml"
 
 
 def training_rows(ts: TrainSet, data_root: Path | None) -> list[dict]:
-    """The first ``ts.rows`` rows of a set in chat ``messages`` layout (axolotl ``chat_template``)."""
-    from ..distill.formats import load_rows, read_examples
+    """The first ``ts.rows`` rows of a set in chat ``messages`` layout (axolotl ``chat_template``),
+    converted by :func:`sdd_plugin.distill.convert.convert_rows` (GSM8K ``<<calc>>`` annotations
+    stripped: SFT and SDD, whose fallback is this same text, see the same cleaned originals)."""
+    from ..distill.convert import convert_rows
+    from ..distill.formats import load_rows
 
     if ts.source == "synthetic":
         from ..data.synthetic import word_problems
@@ -39,18 +43,7 @@ def training_rows(ts: TrainSet, data_root: Path | None) -> list[dict]:
         raw = load_rows(path, ts.format, limit=ts.rows)
     if len(raw) < ts.rows:
         raise ValueError(f"train set {ts.name!r} has {len(raw)} rows, preset asks for {ts.rows}")
-    examples = read_examples(raw, ts.format, ts.source)
-    return [
-        {
-            "messages": [
-                {"role": "user", "content": ex.instruction},
-                # prompt_reference = the original with GSM8K <<calc>> annotations stripped; SFT
-                # and SDD (whose fallback is this same text) see the same cleaned originals.
-                {"role": "assistant", "content": ex.prompt_reference},
-            ]
-        }
-        for ex in examples
-    ]
+    return convert_rows(raw, ts.format, "messages", ts.source)
 
 
 def packaged_recipe() -> dict:
@@ -59,6 +52,18 @@ def packaged_recipe() -> dict:
     if not resource.is_file():
         raise FileNotFoundError(f"the packaged recipe {resource} is missing: reinstall sdd-plugin")
     return yaml.safe_load(resource.read_text(encoding="utf-8"))
+
+
+def prune_keys(preset: Preset, calibration: str | None = None) -> dict[str, Any]:
+    """The recipe's ``sdd_prune*`` keys for ``preset`` (``calibration``: the resolved source)."""
+    return {
+        "sdd_prune": True,
+        "sdd_prune_num_blocks": preset.num_blocks,
+        "sdd_prune_metric": preset.metric,
+        "sdd_prune_calibration": calibration,
+        "sdd_prune_calibration_limit": preset.calibration_samples,
+        "sdd_prune_start": None,
+    }
 
 
 def recipe_for(
@@ -76,12 +81,7 @@ def recipe_for(
     recipe = packaged_recipe()
     recipe.update(
         base_model=preset.model,
-        sdd_prune=True,
-        sdd_prune_num_blocks=preset.num_blocks,
-        sdd_prune_metric=preset.metric,
-        sdd_prune_calibration=calibration,
-        sdd_prune_calibration_limit=preset.calibration_samples,
-        sdd_prune_start=None,
+        **prune_keys(preset, calibration),
         sdd_distill=distill,
         sdd_distill_template=ts.template,
         sdd_distill_checker=ts.template,
@@ -156,8 +156,10 @@ def _run_process_group(cmd: list[str], env: dict, stdout: Any) -> int:
                     continue
 
 
-def axolotl_train(recipe: dict, folder: Path) -> Path:
-    """Run ``axolotl train`` on ``recipe`` (written to ``folder/recipe.yml``); return the adapter dir."""
+def launch_axolotl(recipe: dict, folder: Path) -> Path:
+    """Write ``recipe`` to ``folder/recipe.yml`` and run ``axolotl train`` on it in its own process
+    group, logging to ``folder/axolotl.log``; returns the log. A failed run raises ``RuntimeError``
+    with the log's tail."""
     path = folder / "recipe.yml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
     bindir = os.path.dirname(sys.executable)
@@ -173,7 +175,13 @@ def axolotl_train(recipe: dict, folder: Path) -> Path:
     if returncode != 0:
         tail = "".join(logf.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
         raise RuntimeError(f"axolotl train failed (exit {returncode}); see {logf}:\n{tail}")
+    return logf
+
+
+def axolotl_train(recipe: dict, folder: Path) -> Path:
+    """Run ``axolotl train`` on ``recipe`` (:func:`launch_axolotl`); return the LoRA adapter folder."""
+    logf = launch_axolotl(recipe, folder)
     adapter = Path(recipe["output_dir"])
-    if not (adapter / "adapter_config.json").is_file():
+    if not is_adapter(adapter):
         raise RuntimeError(f"axolotl finished but wrote no LoRA adapter in {adapter}; see {logf}")
     return adapter

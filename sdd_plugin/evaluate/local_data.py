@@ -6,6 +6,8 @@ JSONL files in the HF schemas. :func:`prepare_tasks` converts the files under th
 the converted data, and returns the folder for ``lm_eval.tasks.TaskManager(include_path=...)``.
 ``sdd_mmlu`` is rendered as a group of 57 subject tasks (``sdd_mmlu_<subject>``) with the stock
 first-5-of-dev few-shot examples. The ``sdd_synth_*`` tasks generate their data and need no root.
+The readers of the raw files (:func:`arc_rows`, :func:`hellaswag_rows`, :func:`wikitext_pages`)
+are public for other scorers of the same data.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..cache import cache_dir, file_hash, stable_hash, write_json_atomic, write_text_atomic
+from ..cache import cache_dir, cached_artifact, fingerprint, stable_hash, write_json_atomic, write_text_atomic
+from ..data import synthetic
+from ..data.synthetic import write_jsonl
 from .registry import TASKS, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,10 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file exactly as written; ``ValueError`` naming the file and line.
+
+    Not :func:`sdd_plugin.data.sources.load_source`: arrow unifies each column's type across rows
+    (a column of ints and strings comes back as JSON text) and its errors name no line."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -74,39 +83,43 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _write_jsonl(rows: Iterable[dict], path: Path) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def arc_rows(src: str | os.PathLike) -> list[dict]:
+    """An ARC jsonl file in the HF schema (``id``, ``question``, ``choices: {text, label}``,
+    ``answerKey``); ``ValueError`` naming the file and row for a bad row."""
+    rows = []
+    for i, r in enumerate(_read_jsonl(Path(src)), 1):
+        try:
+            choices = r["question"]["choices"]
+            labels = [str(c["label"]) for c in choices]
+            key = str(r["answerKey"])
+            if key not in labels:
+                raise ValueError(f"answerKey {key!r} is not one of the choice labels {labels}")
+            rows.append(
+                {
+                    "id": r["id"],
+                    "question": r["question"]["stem"],
+                    "choices": {"text": [c["text"] for c in choices], "label": labels},
+                    "answerKey": key,
+                }
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{src}: row {i}: missing key {exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"{src}: row {i}: {exc}") from exc
+    return rows
 
 
 def _prep_arc(root: Path, out: Path, variant: str) -> None:
     name = {"Easy": "arc_easy", "Challenge": "arc_challenge"}[variant]
     for src_split, split in (("Train", "train"), ("Dev", "validation"), ("Test", "test")):
-        src = root / "arc" / f"ARC-{variant}-{src_split}.jsonl"
-        rows = []
-        for i, r in enumerate(_read_jsonl(src), 1):
-            try:
-                choices = r["question"]["choices"]
-                labels = [str(c["label"]) for c in choices]
-                key = str(r["answerKey"])
-                if key not in labels:
-                    raise ValueError(f"answerKey {key!r} is not one of the choice labels {labels}")
-                rows.append(
-                    {
-                        "id": r["id"],
-                        "question": r["question"]["stem"],
-                        "choices": {"text": [c["text"] for c in choices], "label": labels},
-                        "answerKey": key,
-                    }
-                )
-            except (KeyError, TypeError) as exc:
-                raise ValueError(f"{src}: row {i}: missing key {exc}") from exc
-            except ValueError as exc:
-                raise ValueError(f"{src}: row {i}: {exc}") from exc
-        _write_jsonl(rows, out / f"{name}.{split}.jsonl")
+        write_jsonl(
+            arc_rows(root / "arc" / f"ARC-{variant}-{src_split}.jsonl"), out / f"{name}.{split}.jsonl"
+        )
 
 
-def _prep_hellaswag(root: Path, out: Path) -> None:
-    src = root / "hellaswag" / "hellaswag_val_full.txt.gz"
+def hellaswag_rows(src: str | os.PathLike) -> list[dict]:
+    """The preprocessed HellaSwag file (6 lines a task: context, label, 4 endings) in the HF schema
+    (``ind``, ``query``, ``choices``, ``label``); ``ValueError`` naming the file and line."""
     with gzip.open(src, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines()
     if len(lines) % 6:
@@ -124,7 +137,12 @@ def _prep_hellaswag(root: Path, out: Path) -> None:
                 "label": int(label),
             }
         )
-    _write_jsonl(rows, out / "hellaswag.validation.jsonl")
+    return rows
+
+
+def _prep_hellaswag(root: Path, out: Path) -> None:
+    rows = hellaswag_rows(root / "hellaswag" / "hellaswag_val_full.txt.gz")
+    write_jsonl(rows, out / "hellaswag.validation.jsonl")
 
 
 def _prep_truthfulqa(root: Path, out: Path) -> None:
@@ -139,7 +157,7 @@ def _prep_truthfulqa(root: Path, out: Path) -> None:
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{src}: item {i}: missing or malformed key {exc}") from exc
         rows.append(row)
-    _write_jsonl(rows, out / "truthfulqa.validation.jsonl")
+    write_jsonl(rows, out / "truthfulqa.validation.jsonl")
 
 
 def _prep_winogrande(root: Path, out: Path) -> None:
@@ -150,7 +168,7 @@ def _prep_winogrande(root: Path, out: Path) -> None:
         if missing or "_" not in r.get("sentence", "") or str(r.get("answer")) not in {"1", "2"}:
             raise ValueError(f"{src}: row {i}: needs sentence (with _), option1, option2, answer 1/2")
         r["answer"] = str(r["answer"])
-    _write_jsonl(rows, out / "winogrande.validation.jsonl")
+    write_jsonl(rows, out / "winogrande.validation.jsonl")
 
 
 def mmlu_subjects(root: Path) -> list[str]:
@@ -180,7 +198,7 @@ def _prep_mmlu(root: Path, out: Path) -> None:
                             "answer": "ABCD".index(rec[5].strip()),
                         }
                     )
-            _write_jsonl(rows, out / "mmlu" / f"{subject}.{split}.jsonl")
+            write_jsonl(rows, out / "mmlu" / f"{subject}.{split}.jsonl")
 
 
 def _prep_gsm8k(root: Path, out: Path) -> None:
@@ -190,34 +208,27 @@ def _prep_gsm8k(root: Path, out: Path) -> None:
         for i, r in enumerate(rows, 1):
             if "question" not in r or "####" not in str(r.get("answer", "")):
                 raise ValueError(f"{src}: row {i}: needs 'question' and an 'answer' ending '#### N'")
-        _write_jsonl(rows, out / f"gsm8k.{split}.jsonl")
-
-
-def _synthetic():
-    try:
-        from ..data import synthetic
-    except ImportError as exc:  # pragma: no cover - the module ships with the package
-        raise ValueError(f"the sdd_synth_* tasks need sdd_plugin.data.synthetic: {exc}") from exc
-    return synthetic
+        write_jsonl(rows, out / f"gsm8k.{split}.jsonl")
 
 
 def _prep_synth_mc(root: Path | None, out: Path) -> None:
-    syn = _synthetic()
-    _write_jsonl(syn.multiple_choice(SYNTH_TEST_ROWS, seed=0, split="test"), out / "synth_mc.test.jsonl")
-    _write_jsonl(syn.multiple_choice(SYNTH_TRAIN_ROWS, seed=0, split="train"), out / "synth_mc.train.jsonl")
+    write_jsonl(synthetic.multiple_choice(SYNTH_TEST_ROWS, seed=0, split="test"), out / "synth_mc.test.jsonl")
+    write_jsonl(
+        synthetic.multiple_choice(SYNTH_TRAIN_ROWS, seed=0, split="train"), out / "synth_mc.train.jsonl"
+    )
 
 
 def _prep_synth_math(root: Path | None, out: Path) -> None:
-    syn = _synthetic()
-    _write_jsonl(syn.word_problems(SYNTH_TEST_ROWS, seed=0, split="test"), out / "synth_math.test.jsonl")
-    _write_jsonl(syn.word_problems(SYNTH_TRAIN_ROWS, seed=0, split="train"), out / "synth_math.train.jsonl")
+    write_jsonl(synthetic.word_problems(SYNTH_TEST_ROWS, seed=0, split="test"), out / "synth_math.test.jsonl")
+    write_jsonl(
+        synthetic.word_problems(SYNTH_TRAIN_ROWS, seed=0, split="train"), out / "synth_math.train.jsonl"
+    )
 
 
 def _prep_synth_ppl(root: Path | None, out: Path) -> None:
     """The held-out word problems of sdd_synth_math, each ``question + "\\n" + answer`` as one page."""
-    syn = _synthetic()
-    rows = syn.word_problems(SYNTH_TEST_ROWS, seed=0, split="test")
-    _write_jsonl(({"page": r["question"] + "\n" + r["answer"]} for r in rows), out / "synth_ppl.test.jsonl")
+    rows = synthetic.word_problems(SYNTH_TEST_ROWS, seed=0, split="test")
+    write_jsonl(({"page": r["question"] + "\n" + r["answer"]} for r in rows), out / "synth_ppl.test.jsonl")
 
 
 def wikitext_pages(path: str | os.PathLike) -> list[str]:
@@ -248,7 +259,7 @@ def wikitext_pages(path: str | os.PathLike) -> list[str]:
 
 def _prep_wikitext(root: Path, out: Path) -> None:
     pages = wikitext_pages(root / "wikitext2" / "wiki.test.raw")
-    _write_jsonl(({"page": p} for p in pages), out / "wikitext2.test.jsonl")
+    write_jsonl(({"page": p} for p in pages), out / "wikitext2.test.jsonl")
 
 
 PREPARERS: dict[str, Callable[[Any, Path], None]] = {
@@ -266,15 +277,13 @@ PREPARERS: dict[str, Callable[[Any, Path], None]] = {
 }
 
 
-def _source_stats(root: Path | None, spec: TaskSpec) -> list:
-    stats = []
-    for rel in spec.sources:
-        p = root / rel  # type: ignore[operator]
-        files = sorted(p.glob("*.csv")) if p.is_dir() else [p]
-        for f in files:
-            st = f.stat()
-            stats.append([str(f.relative_to(root)), st.st_size, st.st_mtime_ns])
-    return stats
+def _prep_key(root: Path | None, spec: TaskSpec) -> str:
+    """The cache key of a task's prepared data: its source files, or the generator of embedded data."""
+    if spec.sources:
+        inputs = {rel: fingerprint(root / rel) for rel in spec.sources}  # type: ignore[operator]
+    else:  # embedded data: regenerate when the generator changes
+        inputs = {"generator": fingerprint(synthetic.__file__)}
+    return fingerprint({"v": PREP_VERSION, "sources": inputs})
 
 
 def _local_tasks(tasks: Sequence[str]) -> list[str]:
@@ -302,27 +311,30 @@ def _package_tasks_dir() -> Path:
     return Path(str(resources.files("sdd_plugin.evaluate") / "tasks"))
 
 
+def _stamp(task: str) -> str:
+    """The file in the data folder that marks ``task``'s data as prepared (it records the key)."""
+    return f"{task}.stamp.json"
+
+
+def _prepare_task(task: str, root: Path | None, key: str, data: Path) -> None:
+    log.info("preparing data of %s into %s", task, data)
+    PREPARERS[task](root, data)
+    write_json_atomic(data / _stamp(task), {"task": task, "key": key})
+
+
 def prepare_tasks(tasks: Sequence[str], data_root: str | os.PathLike | None = None) -> Path:
     """Convert the data of the requested ``sdd_*`` tasks and render their YAMLs; returns the folder.
 
     The folder (in the cache, one per data root) is what ``TaskManager(include_path=...)`` reads.
-    Conversions are redone only when a source file changed.
+    Conversions are redone only when a source file changed (one process at a time per folder).
     """
     root = check_task_data(tasks, data_root)
     folder = cache_dir() / "lm_eval_tasks" / stable_hash({"root": str(root), "v": PREP_VERSION}, 12)
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
     for t in _local_tasks(tasks):
-        spec = TASKS[t]
-        stamp = data / f"{t}.stamp.json"
-        want = {"v": PREP_VERSION, "sources": _source_stats(root, spec)}
-        if not spec.sources:  # embedded data: regenerate when the generator changes
-            want["generator"] = file_hash(_synthetic().__file__)
-        if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == want:
-            continue
-        log.info("preparing data of %s into %s", t, data)
-        PREPARERS[t](root, data)
-        write_json_atomic(stamp, want)
+        key = _prep_key(root, TASKS[t])
+        cached_artifact(data, partial(_prepare_task, t, root, key), _stamp(t), key=key, in_place=True)
     pkg = _package_tasks_dir()
     data_str = str(data.resolve())
     for y in sorted(pkg.glob("sdd_*.yaml")):
@@ -363,18 +375,14 @@ def _render_mmlu(folder: Path, data_str: str, subjects: list[str], template: str
 
 
 def task_fingerprint(folder: Path, task: str) -> str:
-    """Hash of the rendered YAML(s) and prepared data of a local task ("" for stock tasks)."""
+    """Fingerprint of the rendered YAML(s) and prepared data of a local task ("" for stock tasks)."""
     if not task.startswith("sdd_"):
         return ""
     if task.startswith("sdd_mmlu"):
-        name, yamls = "sdd_mmlu", sorted((folder / "sdd_mmlu").glob("*.yaml"))
+        name, rendered = "sdd_mmlu", folder / "sdd_mmlu"
     else:
-        name, yamls = task, [folder / f"{task}.yaml"]
-    parts = [file_hash(y) for y in yamls if y.is_file()]
-    stamp = folder / "data" / f"{name}.stamp.json"
-    if stamp.is_file():
-        parts.append(file_hash(stamp))
-    return stable_hash(parts)
+        name, rendered = task, folder / f"{task}.yaml"
+    return fingerprint([fingerprint(p) for p in (rendered, folder / "data" / _stamp(name)) if p.exists()])
 
 
 def clear_prepared_tasks() -> None:

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..cache import cache_dir, file_hash, stable_hash, write_json_atomic, write_text_atomic
+from ..cache import cache_dir, cache_lock, fingerprint, stable_hash, write_json_atomic, write_text_atomic
+from ..checkpoints import ADAPTER_CONFIG, adapter_base, is_adapter
 from ..models import DTYPES, warn_if_slow_dtype
 from .local_data import PREP_VERSION, check_task_data, prepare_tasks, task_fingerprint
 from .registry import TASKS, expand_tasks, higher_is_better, parse_shots, shots_for, validate_tasks
@@ -24,32 +25,31 @@ from .summary import summarise
 
 
 def model_paths(model: str | os.PathLike) -> tuple[Path, Path | None]:
-    """``(base model folder, adapter folder or None)``; a LoRA folder names its base in adapter_config.json."""
-    from ..models import resolve_model
+    """``(base model folder, adapter folder or None)``; a LoRA folder names its base in adapter_config.json.
+
+    Raises ``ValueError`` for an adapter whose config names no base and ``ModelNotFoundError``
+    (a ``FileNotFoundError``) naming the adapter when its base cannot be found."""
+    from ..models import ModelNotFoundError, resolve_model
 
     p = Path(model).expanduser()
-    if p.is_dir() and (p / "adapter_config.json").is_file():
-        cfg = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
-        base = cfg.get("base_model_name_or_path")
-        if not base:
-            raise ValueError(f"{p / 'adapter_config.json'} has no base_model_name_or_path")
+    if not (p.is_dir() and is_adapter(p)):
+        return resolve_model(model), None
+    base = adapter_base(p)
+    if not base:
+        raise ValueError(
+            f"{p / ADAPTER_CONFIG} names no base model (base_model_name_or_path missing, or not valid JSON)"
+        )
+    try:
         return resolve_model(base), p
-    return resolve_model(model), None
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"adapter {p}: its base model {base!r} ({ADAPTER_CONFIG}): {exc}") from exc
 
 
-def _folder_identity(folder: Path) -> dict:
-    files = {}
-    for f in sorted(folder.iterdir()):
-        if f.suffix in {".safetensors", ".json", ".jinja"} or f.name == "tokenizer.model":
-            st = f.stat()
-            files[f.name] = file_hash(f) if f.suffix in {".json", ".jinja"} else [st.st_size, st.st_mtime_ns]
-    return {"path": str(folder.resolve()), "files": files}
-
-
-def model_identity(model: str | os.PathLike) -> dict:
-    """What the result cache keys a model on: resolved folders, file sizes/mtimes, JSON hashes."""
+def model_identity(model: str | os.PathLike) -> str:
+    """What the result cache keys a model on: the :func:`~sdd_plugin.cache.fingerprint` of its base
+    folder and of its adapter folder, if any (equal copies of a model share their results)."""
     base, adapter = model_paths(model)
-    return {"base": _folder_identity(base), "adapter": _folder_identity(adapter) if adapter else None}
+    return fingerprint({"base": fingerprint(base), "adapter": fingerprint(adapter) if adapter else None})
 
 
 def _check_limit(limit: Any) -> int | float | None:
@@ -86,6 +86,12 @@ def _eval_one(lm, task: str, tm, limit, shots, apply_chat_template, fewshot_as_m
         res = _simple_evaluate(
             lm_eval, lm, task, tm, limit, shots, apply_chat_template, fewshot_as_multiturn, seed
         )
+    except ConnectionError as exc:  # stock tasks fetch their data from the hub
+        local = f" (or the local sdd_{task})" if f"sdd_{task}" in TASKS else ""
+        raise FileNotFoundError(
+            f"task {task} needs its dataset from the Hugging Face hub, which is unreachable: {exc}; "
+            f"connect, or use a local task{local}"
+        ) from exc
     finally:
         if saved_bs is not None:
             lm.batch_size_per_gpu = saved_bs
@@ -168,6 +174,15 @@ def _chat_template_hash(model: str | os.PathLike) -> str | None:
             if tmpl:
                 return stable_hash(tmpl)
     return None
+
+
+def _cached_result(cache_file: Path) -> dict | None:
+    """A task's cached result (marked ``cached``), or None when there is none yet."""
+    if not cache_file.is_file():
+        return None
+    r = json.loads(cache_file.read_text(encoding="utf-8"))
+    r["cached"] = True
+    return r
 
 
 def evaluate(
@@ -259,25 +274,19 @@ def evaluate(
             }
         )
         cache_file = cache_dir() / "eval_results" / f"{task}-{key}.json"
-        if use_cache and cache_file.is_file():
-            r = json.loads(cache_file.read_text(encoding="utf-8"))
-            r["cached"] = True
-            results[task] = r
-            continue
-        if tm is None:
-            tm = _task_manager(folder, stock=stock)
-        if lm is None:
-            lm = _load_lm(model, batch_size, dtype)
-        try:
-            r = _eval_one(lm, task, tm, limit, shots, apply_chat_template, fewshot_as_multiturn, seed)
-        except ConnectionError as exc:  # stock tasks fetch their data from the hub
-            local = f" (or the local sdd_{task})" if f"sdd_{task}" in TASKS else ""
-            raise FileNotFoundError(
-                f"task {task} needs its dataset from the Hugging Face hub, which is unreachable: {exc}; "
-                f"connect, or use a local task{local}"
-            ) from exc
-        write_json_atomic(cache_file, r)
-        r["cached"] = False
+        r = _cached_result(cache_file) if use_cache else None
+        if r is None:
+            # one process runs a (model, task, settings) at a time; one that waited reuses its result
+            with cache_lock(cache_file):
+                r = _cached_result(cache_file) if use_cache else None
+                if r is None:
+                    if tm is None:
+                        tm = _task_manager(folder, stock=stock)
+                    if lm is None:
+                        lm = _load_lm(model, batch_size, dtype)
+                    r = _eval_one(lm, task, tm, limit, shots, apply_chat_template, fewshot_as_multiturn, seed)
+                    write_json_atomic(cache_file, r)
+                    r["cached"] = False
         results[task] = r
     bar.close()
 

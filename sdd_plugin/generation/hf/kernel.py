@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ...cache import cache_dir, file_hash, write_json_atomic
+from ...cache import cache_dir, cache_lock, file_hash, fingerprint, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +98,8 @@ def openmp_runtimes() -> set[str]:
 
 def build_key(source: bytes, flags: list[str], compiler_version: str) -> str:
     """SHA-256 (hex) of what a build depends on: the C source, the flags, the compiler and the CPU."""
-    parts = [" ".join(flags), compiler_version, _cpu_key(), platform.machine()]
-    return hashlib.sha256(b"\0".join([source, *(part.encode() for part in parts)])).hexdigest()
+    parts = {"flags": flags, "compiler": compiler_version, "cpu": _cpu_key(), "machine": platform.machine()}
+    return fingerprint({"source": source.decode("utf-8"), **parts}, 64)
 
 
 def build_record(library: Path) -> Path:
@@ -118,11 +117,28 @@ def _built_from(library: Path, key: str) -> bool:
         return False
 
 
+def _compile(cc: str, flags: list[str], key: str, out: Path) -> str | None:
+    """Compile the source with ``flags`` into ``out`` and record the build; the error, or None."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    cmd = [cc, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lpthread", "-lm"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        os.unlink(tmp)
+        return f"{' '.join(cmd)}:\n{done.stderr.strip()[-2000:]}"
+    digest = file_hash(tmp, 64)
+    os.replace(tmp, out)  # atomic: a process loading the old library keeps its mapping
+    write_json_atomic(build_record(out), {"build_key": key, "library_sha256": digest})
+    return None
+
+
 def build_decode_attention(compiler: str | None = None) -> Path:
     """Compile ``csrc/decode_attention.c`` into the cache (once) and return the shared library.
 
     A cached library is reused only when its build record matches this source, these flags,
-    compiler and CPU, and the library's bytes; otherwise it is built again."""
+    compiler and CPU, and the library's bytes; otherwise it is built again, under
+    :func:`sdd_plugin.cache.cache_lock` (one build at a time)."""
     cc = compiler or _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC or install gcc/clang)")
@@ -137,18 +153,13 @@ def build_decode_attention(compiler: str | None = None) -> Path:
         out = cache_dir() / "kernels" / f"decode_attention-{key[:16]}.so"
         if _built_from(out, key):
             return out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        cmd = [cc, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE), "-lpthread", "-lm"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode == 0:
-            digest = file_hash(tmp, 64)
-            os.replace(tmp, out)  # atomic: a concurrent build writes an equivalent library
-            write_json_atomic(build_record(out), {"build_key": key, "library_sha256": digest})
+        with cache_lock(out):  # processes starting at once build it once; the others wait and load it
+            if _built_from(out, key):
+                return out
+            error = _compile(cc, flags, key, out)
+        if error is None:
             return out
-        os.unlink(tmp)
-        errors.append(f"{' '.join(cmd)}:\n{done.stderr.strip()[-2000:]}")
+        errors.append(error)
     raise RuntimeError("building the decode attention kernel failed:\n" + "\n".join(errors))
 
 
