@@ -73,7 +73,12 @@ class AnswerChecker(Protocol):
 
 @dataclass
 class GenerationSettings:
-    """Settings for teacher regeneration."""
+    """Settings for teacher regeneration.
+
+    ``extra`` holds backend options; one every backend should honour: ``logprobs_top_k`` (int,
+    0 or absent = off) asks for the teacher's top-k log-probabilities at each generated token
+    (:attr:`GenerationResult.logprobs`).
+    """
 
     max_new_tokens: int = 256
     batch_size: int = 16
@@ -85,6 +90,19 @@ class GenerationSettings:
 
 
 @dataclass
+class TokenLogprobs:
+    """The teacher's top-k next-token distribution at each generated token."""
+
+    token_ids: list[int]
+    """The generated tokens, the EOS that ended the generation included."""
+    top_ids: list[list[int]]
+    """Per generated token, the ``k`` most probable token ids at its position, most probable first."""
+    top_logprobs: list[list[float]]
+    """Their log-probabilities: log-softmax of the model's logits (temperature 1, before any
+    sampling warpers), so greedy and sampled generations report the same distribution."""
+
+
+@dataclass
 class GenerationResult:
     """One finished generation: the index of its prompt, the text, and its token count."""
 
@@ -93,6 +111,8 @@ class GenerationResult:
     num_tokens: int
     finished: bool = True
     """False when generation stopped at ``max_new_tokens`` instead of an EOS (truncated)."""
+    logprobs: TokenLogprobs | None = None
+    """Only when ``settings.extra["logprobs_top_k"]`` asked for it."""
 
 
 @runtime_checkable

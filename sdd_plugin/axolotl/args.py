@@ -90,6 +90,14 @@ class SDDArgs(BaseModel):
     sdd_distill_limit: int | None = Field(
         None, ge=1, description="distil (and train on) only the first N rows of each dataset"
     )
+    # --- logit distillation (SDD + KD) ---------------------------------------------------------
+    sdd_kd: bool = Field(
+        False,
+        description="also keep the teacher's top-k log-probs of the distilled set and train on them with "
+        "axolotl's KD plugin (list axolotl.integrations.kd.KDPlugin; kd_trainer, kd_alpha, kd_ce_alpha, "
+        "kd_temperature)",
+    )
+    sdd_kd_top_k: int = Field(20, ge=1, description="teacher log-probs kept per token for sdd_kd")
     # --- caches --------------------------------------------------------------------------------
     sdd_cache_dir: str | None = Field(
         None,

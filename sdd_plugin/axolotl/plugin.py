@@ -22,14 +22,16 @@ from axolotl.utils.dict import DictDefault
 
 from ..cache import cached_artifact, write_json_atomic
 from ..checkpoints import drop_incomplete_checkpoints, pruned_base
+from ..distill.kd import AXOLOTL_KD_TYPE, KD_NAME, LOGPROBS_FIELD
 from ..prune.stage import PruneResult, load_prune_result
 from . import MANIFEST
-from .args import KNOWN_KEYS, SDDArgs, parse_sdd_args
+from .args import KNOWN_KEYS, RecipeKeyError, SDDArgs, parse_sdd_args
 from .recipe import (
     PLUGIN_PATH,
     dataset_format,
     distilled_path,
     generation_settings_dict,
+    kd_problems,
     prepared_prune,
     prune_kwargs,
     resolve_recipe,
@@ -112,6 +114,9 @@ class SelfDistillationPlugin(BasePlugin):
             self._set_pruned(cfg, (), done, str(cfg[PRUNED_FROM]), 0.0)
             return
         args = parse_sdd_args(cfg)
+        kd_errors, _ = kd_problems(cfg, args)
+        if kd_errors:
+            raise RecipeKeyError("sdd-plugin recipe error: " + "; ".join(kd_errors))
         if cfg.get("auto_resume_from_checkpoints"):
             for ckpt in drop_incomplete_checkpoints(cfg.get("output_dir")):
                 log.warning("sdd-plugin: removed %s, cut off mid-save (no trainer_state.json)", ckpt)
@@ -203,6 +208,8 @@ class SelfDistillationPlugin(BasePlugin):
         teacher = cfg.get("sdd_teacher") or self.state.pruned_from or cfg.get("base_model")
         entries = list(cfg.get("datasets") or [])
         formats = [dataset_format(entry, i) for i, entry in enumerate(entries)]  # all errors before any work
+        if args.sdd_kd:
+            _check_kd_tokenizer(cfg, teacher)
         new_entries, infos = [], []
         for i, (entry, fmt) in enumerate(zip(entries, formats)):
             out = distilled_path(entry, teacher, fmt, args)
@@ -221,6 +228,13 @@ class SelfDistillationPlugin(BasePlugin):
             data.update(
                 path=str(out), ds_type="json", data_files=None, name=None, revision=None, split="train"
             )
+            if args.sdd_kd:  # the same rows with the teacher's log-probs, read by axolotl's KD type
+                data.update(
+                    path=str(out.parent / KD_NAME),
+                    type=AXOLOTL_KD_TYPE,
+                    field_messages="messages",
+                    logprobs_field=LOGPROBS_FIELD,
+                )
             new_entries.append(DictDefault(data))
             infos.append(
                 {
@@ -274,6 +288,28 @@ class SelfDistillationPlugin(BasePlugin):
         warn_if_slow_dtype("bfloat16", "training (bf16: true)")
         log.info("sdd-plugin: bf16 on a CPU-only machine -> use_cpu=True (autocast on CPU)")
         return {"use_cpu": True}
+
+    def post_trainer_create(self, cfg: DictDefault, trainer) -> None:
+        """With ``sdd_kd``: fail unless axolotl's KD trainer is the one training (a KD plugin that
+        did not load would leave the plain trainer, which ignores the log-probs)."""
+        if not _args_from_cfg(cfg).sdd_kd:
+            return
+        from axolotl.integrations.kd.trainer import AxolotlKDTrainer
+
+        if not isinstance(trainer, AxolotlKDTrainer):
+            raise RuntimeError(
+                f"sdd-plugin: sdd_kd is on but axolotl built {type(trainer).__name__}, not its KD trainer "
+                "(is axolotl.integrations.kd.KDPlugin listed and kd_trainer: true?)"
+            )
+        log.info(
+            "sdd-plugin: SDD + KD: %s trains on the teacher's top-%d log-probs (kd_alpha %s, kd_ce_alpha %s, "
+            "kd_temperature %s)",
+            type(trainer).__name__,
+            cfg.get("sdd_kd_top_k") or 20,
+            cfg.get("kd_alpha"),
+            cfg.get("kd_ce_alpha"),
+            cfg.get("kd_temperature"),
+        )
 
     def post_train_unload(self, cfg: DictDefault) -> None:
         """Record the finished run in ``<output_dir>/sdd_run.json``."""
@@ -337,15 +373,31 @@ def _distill_entry(
             retries=args.sdd_distill_retries,
             ray=args.sdd_distill_ray,
             ray_workers=args.sdd_distill_ray_workers,
+            kd_top_k=args.sdd_kd_top_k if args.sdd_kd else 0,
         )
         reports.append(result.report)
 
-    artifact = cached_artifact(out.parent, build, marker=(REPORT_NAME, out.name), in_place=True)
+    markers = (REPORT_NAME, out.name, *([KD_NAME] if args.sdd_kd else []))
+    artifact = cached_artifact(out.parent, build, marker=markers, in_place=True)
     return (reports[0] if reports else _read_json(out.parent / REPORT_NAME)), artifact.reused
+
+
+def _check_kd_tokenizer(cfg: Any, teacher: str) -> None:
+    """KD targets are token ids of the teacher's vocabulary: the student must share it."""
+    from ..models import load_tokenizer
+
+    student = cfg.get("tokenizer_config") or cfg.get("base_model")
+    if Path(str(teacher)).resolve() == Path(str(student)).resolve():
+        return
+    if load_tokenizer(teacher).get_vocab() != load_tokenizer(student).get_vocab():
+        raise ValueError(
+            f"sdd_kd: the teacher {teacher} and the student {student} have different tokenizers; "
+            "logit distillation needs the same vocabulary (leave sdd_teacher unset: the unpruned base_model)"
+        )
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a distillation report."""
     keys = ("rows", "accepted", "acceptance_rate", "fallbacks", "generated_rows", "cached_rows")
-    keys += ("tokens_per_s", "nll_original", "nll_distilled", "template", "checker", "seconds")
+    keys += ("tokens_per_s", "nll_original", "nll_distilled", "template", "checker", "seconds", "kd")
     return {k: report.get(k) for k in keys if k in report}

@@ -11,11 +11,13 @@ They map recipe keys onto library calls; the work itself is done by the library:
 - :func:`prepared_prune` -- whether a cfg was prepared (pruned) by the plugin already;
 - :func:`dataset_format` maps an axolotl dataset entry to a :mod:`sdd_plugin.distill.formats` format;
 - :func:`distilled_path` names the content-hashed file a dataset entry is distilled into;
+- :func:`kd_problems` checks the SDD + KD combination (``sdd_kd`` with axolotl's KD plugin);
 - :func:`plan` says what the plugin would do with a recipe (for ``sdd check``).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -218,6 +220,7 @@ def distilled_path(
         "settings": generation_settings_dict(args),
         "limit": args.sdd_distill_limit,
         **({"retries": args.sdd_distill_retries} if args.sdd_distill_retries else {}),
+        **({"kd_top_k": args.sdd_kd_top_k} if args.sdd_kd else {}),
     }
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(entry.get("path"))).name.split(".")[0])[:40] or "data"
     folder = (root or cache_dir() / "axolotl-distilled") / f"{stem}-{fmt}-{stable_hash(key)}"
@@ -236,6 +239,89 @@ def generation_settings_dict(args: SDDArgs) -> dict[str, Any]:
         # only a non-default dtype enters the dict (and so the cache keys): float32 keys stay valid
         **({"extra": {"dtype": args.sdd_distill_dtype}} if args.sdd_distill_dtype != "float32" else {}),
     }
+
+
+def _kd_keys() -> frozenset[str] | None:
+    """The recipe keys of axolotl's KD plugin (None when axolotl is not importable here)."""
+    try:
+        from axolotl.integrations.kd.args import KDArgs
+    except Exception:
+        return None
+    return frozenset(KDArgs.model_fields)
+
+
+def kd_problems(raw: Mapping[str, Any], args: SDDArgs) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)`` of a recipe's SDD + KD settings.
+
+    ``sdd_kd`` needs distillation, axolotl's KD plugin listed with ``kd_trainer: true`` and the
+    loss weights its trainer has no default for (``kd_alpha``, ``kd_ce_alpha`` in [0, 1],
+    ``kd_temperature`` > 0), and chat-template datasets tokenized with the tokenizer's own
+    template (the log-probs are aligned to its tokens). ``kd_trainer`` without ``sdd_kd`` has no
+    log-probs to train on. Misspelled ``kd_*`` keys (which axolotl would drop) are named."""
+    from ..distill.kd import AXOLOTL_KD_PLUGIN, AXOLOTL_KD_TYPE
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    plugins = raw.get("plugins") or []
+    plugins = [plugins] if isinstance(plugins, str) else list(plugins)
+    kd_listed = AXOLOTL_KD_PLUGIN in plugins
+    known = _kd_keys() if (kd_listed or args.sdd_kd) else None
+    for key in raw:
+        k = str(key)
+        if known is not None and k.startswith("kd_") and k not in known:
+            guess = difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {guess[0]!r}?" if guess else f"; known: {', '.join(sorted(known))}"
+            problems.append(f"unknown recipe key {k!r} (not a key of axolotl's KD plugin{hint})")
+    if not args.sdd_kd:
+        if raw.get("kd_trainer") and args.sdd_distill:
+            problems.append(
+                "kd_trainer: axolotl's KD trainer needs the teacher's log-probs, which only sdd_kd: true writes"
+            )
+        if "sdd_kd_top_k" in raw:
+            warnings.append("sdd_kd_top_k has no effect without sdd_kd: true")
+        return problems, warnings
+    if not args.sdd_distill:
+        problems.append("sdd_kd: needs sdd_distill: true (the log-probs come from the distillation pass)")
+    if not kd_listed:
+        problems.append(
+            f"sdd_kd: list {AXOLOTL_KD_PLUGIN} under plugins (its trainer trains on the log-probs)"
+        )
+    if not raw.get("kd_trainer"):
+        problems.append("sdd_kd: set kd_trainer: true (axolotl's KD plugin swaps in its trainer only then)")
+    for key in ("kd_alpha", "kd_ce_alpha", "kd_temperature"):
+        value = raw.get(key)
+        if value is None:
+            problems.append(f"sdd_kd: set {key} (axolotl's KD loss has no default for it)")
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key == "kd_temperature" and not (number and value > 0):
+            problems.append(f"kd_temperature: must be a number > 0, got {value!r}")
+        elif key != "kd_temperature" and not (number and 0 <= value <= 1):
+            problems.append(f"{key}: must be a number in [0, 1] (axolotl's KD loss weight), got {value!r}")
+    if raw.get("kd_alpha") == 0:
+        warnings.append("kd_alpha: 0 turns the KD loss off (plain cross-entropy on the distilled set)")
+    if raw.get("kd_online_server_base_url"):
+        problems.append(
+            "kd_online_server_base_url: sdd_kd trains on the stored teacher log-probs, not online"
+        )
+    datasets = raw.get("datasets") or []
+    templates = [("chat_template", raw.get("chat_template"))]
+    for i, entry in enumerate(datasets if isinstance(datasets, list) else []):
+        if not isinstance(entry, Mapping):
+            continue
+        templates.append((f"datasets[{i}].chat_template", entry.get("chat_template")))
+        if entry.get("type") != "chat_template":
+            problems.append(
+                f"datasets[{i}]: sdd_kd needs type: chat_template (the KD set is chat rows, read by "
+                f"{AXOLOTL_KD_TYPE}), got {entry.get('type')!r}"
+            )
+    for where, value in templates:
+        if value not in (None, "tokenizer_default"):
+            problems.append(
+                f"{where}: {value!r}: sdd_kd aligns the log-probs to the tokenizer's own chat template "
+                "(leave it unset or tokenizer_default)"
+            )
+    return problems, warnings
 
 
 def num_layers(model_dir: str | os.PathLike) -> int | None:
@@ -413,6 +499,15 @@ def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
             except ValueError as exc:
                 problems.append(str(exc))
         out["datasets"].append(info)
+    kd, kd_warnings = kd_problems(raw, args)
+    problems.extend(kd)
+    warnings.extend(kd_warnings)
+    out["kd"] = (
+        f"on: top-{args.sdd_kd_top_k} teacher log-probs per token -> axolotl KD trainer (kd_alpha "
+        f"{raw.get('kd_alpha')}, kd_ce_alpha {raw.get('kd_ce_alpha')}, kd_temperature {raw.get('kd_temperature')})"
+        if args.sdd_kd
+        else "off"
+    )
     if args.sdd_distill and args.sdd_distill_limit:
         warnings.append(
             f"sdd_distill_limit={args.sdd_distill_limit}: only that many rows per dataset are trained on"

@@ -152,6 +152,8 @@ def _print(result: dict[str, Any], path: str) -> None:
             )
         else:
             print("distill     off (SFT on the original responses)")
+        if result.get("kd"):
+            print(f"kd          {result['kd']}")
     for d in result.get("datasets", []):
         fmt = f" -> format {d['format']}" if d.get("format") else ""
         res = f" ({d['resolved']})" if d.get("resolved") else ""

@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from .formats import (
     load_rows,
     read_examples,
 )
+from .kd import KD_NAME, MeterTopK, pack_logprobs, require_chat_template, teacher_of_record, write_kd_set
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class DistillResult:
     """Per-row side file: index, accepted, reason, num_tokens."""
     rows: list[dict] = field(default_factory=list, repr=False)
     """The distilled rows themselves."""
+    kd_path: Path | None = None
+    """The KD-ready set (``kd.jsonl``, axolotl's KD layout) when ``kd_top_k`` asked for it."""
 
 
 # ----------------------------------------------------------------------------------- rendering
@@ -120,6 +123,8 @@ class RowCache:
     def add(self, key: str, result: GenerationResult) -> None:
         """Append one finished row and make it durable."""
         rec = {"key": key, "text": result.text, "num_tokens": result.num_tokens, "finished": result.finished}
+        if result.logprobs is not None:
+            rec["logprobs"] = pack_logprobs(result.logprobs)
         if self._file is None:
             needs_newline = self.path.is_file() and self.path.stat().st_size > 0 and not self._ends_newline()
             self._file = open(self.path, "a", encoding="utf-8")
@@ -152,11 +157,14 @@ def response_nll(
     batch_size: int = 4,
     max_response_tokens: int = 512,
     show_progress: bool = False,
+    on_logits: Callable[[int, Any, list[int]], None] | None = None,
 ) -> tuple[float, list[tuple[float, int]]]:
     """Teacher's mean per-token NLL of ``responses`` given ``prompts`` (rendered strings).
 
     Returns ``(token-weighted mean, [(sum NLL, tokens) per row])``. Batched with left padding, only
-    the response positions' logits are computed (``logits_to_keep``).
+    the response positions' logits are computed (``logits_to_keep``). ``on_logits(row, logits,
+    response_ids)``, when given, receives each scored row's logits predicting every response token
+    and then the token after the response (``[n + 1, vocab]``).
     """
     import torch
     from tqdm.auto import tqdm
@@ -197,6 +205,8 @@ def response_nll(
             target = torch.tensor(r_ids[i], device=pred.device)
             nll = torch.nn.functional.cross_entropy(pred, target, reduction="sum").item()
             per_row[i] = (nll, n)
+            if on_logits is not None:
+                on_logits(i, logits[row, keep - n - 1 :], r_ids[i])
     bar.close()
     total = sum(s for s, _ in per_row)
     count = sum(n for _, n in per_row)
@@ -237,6 +247,7 @@ def distill_dataset(
     retries: int = 0,
     ray: bool | str = False,
     ray_workers: int | None = None,
+    kd_top_k: int = 0,
 ) -> DistillResult:
     """Self-distill a fine-tuning set with ``teacher`` and write it in the input's schema.
 
@@ -256,6 +267,13 @@ def distill_dataset(
     ``backend`` ``auto`` is ``vllm`` on CUDA when vLLM is installed, else ``hf``. ``ray`` spreads the
     batches over a Ray cluster (True = a local Ray instance, else its address; ``ray_workers`` actors,
     see :mod:`sdd_plugin.generation.ray_runner`); rows and cache are the same as without it.
+
+    ``kd_top_k`` > 0 (SDD + logit distillation) also writes ``kd.jsonl`` beside the output: the
+    distilled set as chat rows with the teacher's top-``kd_top_k`` log-probs at every token, in the
+    layout of axolotl's KD dataset type (:mod:`sdd_plugin.distill.kd`). An accepted rewrite's
+    come from its generation pass (kept in the row cache, so they resume with the rewrites), a
+    kept original's from the NLL meter's pass over it. The generated text is the same as without
+    it; the row cache is a separate one. The report's ``kd`` gives the bytes per row.
     """
     from ..generation.selection import make_backend
     from ..models import load_tokenizer, resolve_model
@@ -280,6 +298,9 @@ def distill_dataset(
 
     teacher_path = resolve_model(teacher)
     tok = load_tokenizer(teacher_path)
+    if kd_top_k:
+        require_chat_template(tok)
+        settings = replace(settings, extra={**settings.extra, "logprobs_top_k": kd_top_k})
     prompts = []
     for ex in examples:
         messages, prefix = template_obj.render(ex.instruction, ex.prompt_reference)
@@ -326,6 +347,8 @@ def distill_dataset(
         )
 
         def on_result(res: GenerationResult) -> None:
+            if kd_top_k and res.logprobs is None:
+                raise RuntimeError(f"the {backend_obj.name} backend returned no top-k log-probs (kd_top_k)")
             stats["generated_tokens"] += res.num_tokens
             cache.add(keys[todo[res.index]], res)
 
@@ -401,18 +424,29 @@ def distill_dataset(
 
     # Distribution-shift meter: teacher NLL of original vs distilled responses, plain prompt.
     nll: dict[str, Any] = {}
-    if measure_nll and rows:
+    kept = [i for i in range(len(rows)) if status[i] is not None and examples[i].reference]
+    meter = MeterTopK(kd_top_k, kept) if kd_top_k else None  # KD targets of the kept originals
+    plain = [render_prompt(tok, ex.messages) for ex in examples]
+    bs = max(1, min(settings.batch_size, 4))
+
+    def teacher_model():
         load = getattr(backend_obj, "load", None)
         if load is not None:
-            model, _ = load(str(teacher_path), settings)
-        else:
-            from ..models import load_model
+            return load(str(teacher_path), settings)[0]
+        from ..models import load_model
 
-            model, _ = load_model(teacher_path)
-        plain = [render_prompt(tok, ex.messages) for ex in examples]
-        bs = max(1, min(settings.batch_size, 4))
+        return load_model(teacher_path)[0]
+
+    if measure_nll and rows:
+        model = teacher_model()
         _, orig = response_nll(
-            model, tok, plain, [ex.reference for ex in examples], bs, show_progress=show_progress
+            model,
+            tok,
+            plain,
+            [ex.reference for ex in examples],
+            bs,
+            show_progress=show_progress,
+            on_logits=meter,
         )
         _, dist = response_nll(model, tok, plain, responses, bs, show_progress=show_progress)
         nll = {
@@ -423,6 +457,28 @@ def distill_dataset(
         }
         if nll["nll_original"] is not None and nll["nll_distilled"] is not None:
             nll["nll_delta"] = round(nll["nll_distilled"] - nll["nll_original"], 4)
+
+    kd_report = None
+    if meter is not None:
+        missing = [i for i in kept if i not in meter.teacher]  # not scored above
+        if missing:
+            response_nll(
+                teacher_model(),
+                tok,
+                [plain[i] for i in missing],
+                [examples[i].reference for i in missing],
+                bs,
+                show_progress=show_progress,
+                on_logits=lambda j, logits, ids: meter(missing[j], logits, ids),
+            )
+        conversations = (
+            (
+                ex.messages + [{"role": "assistant", "content": responses[i]}],
+                teacher_of_record(chosen[i]) if status[i] is None else meter.teacher.get(i),
+            )
+            for i, ex in enumerate(examples)
+        )
+        kd_report = write_kd_set(out_dir / KD_NAME, tok, conversations, kd_top_k)
 
     n = len(rows)
     num_tokens = [s["num_tokens"] for s in side]
@@ -463,6 +519,9 @@ def distill_dataset(
         "seconds": round(time.perf_counter() - t0, 2),
     }
 
+    if kd_report is not None:
+        report["kd"] = kd_report
+
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
     rows_path = out_dir / ROWS_NAME
@@ -470,7 +529,8 @@ def distill_dataset(
     report_path = out_dir / REPORT_NAME
     write_json_atomic(report_path, report)
     write_text_atomic(out_dir / REPORT_MD_NAME, report_markdown(report))
-    return DistillResult(out_path, report, report_path, rows_path, out_rows)
+    kd_path = Path(kd_report["path"]) if kd_report else None
+    return DistillResult(out_path, report, report_path, rows_path, out_rows, kd_path)
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -510,6 +570,14 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {reason} | {count} |" for reason, count in report["fallbacks"].items()]
     else:
         lines.append("none")
+    if report.get("kd"):
+        kd = report["kd"]
+        lines += [
+            "",
+            f"KD set (top-{kd['top_k']} teacher log-probs, axolotl `{kd['axolotl_type']}`): `{kd['path']}`, "
+            f"{kd['bytes_per_row']} bytes/row; {fmt(kd['teacher_position_share'])} of the positions carry "
+            f"the teacher's distribution, the rest a one-hot target.",
+        ]
     s = report["settings"]
     lines += [
         "",

@@ -9,7 +9,8 @@
 - :mod:`.lean_step` -- a decode step without transformers' per-call plumbing (Llama family);
 - :mod:`.cpu_linears` -- oneDNN GEMMs with fused sibling projections on CPU fp32;
 - :mod:`.prompt_lookup` -- prompt-lookup drafts for the last rows of a batch;
-- :mod:`.sampling` -- greedy or warped sampling of the next token.
+- :mod:`.sampling` -- greedy or warped sampling of the next token;
+- :mod:`.top_logprobs` -- the top-k log-probabilities of each generated token, when asked for.
 """
 
 from .attention import register_gqa_attention
@@ -18,12 +19,14 @@ from .decoding import decode_batch
 from .kernel import DecodeAttention, decode_attention_kernel
 from .lean_step import LeanDecodeStep
 from .prefill import common_prefix_length
+from .top_logprobs import TopLogprobs
 
 __all__ = [
     "HF_BACKEND",
     "DecodeAttention",
     "HFBackend",
     "LeanDecodeStep",
+    "TopLogprobs",
     "common_prefix_length",
     "decode_attention_kernel",
     "decode_batch",

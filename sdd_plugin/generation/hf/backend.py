@@ -14,7 +14,8 @@ counted). A tqdm bar shows rows/s, with tokens/s in its postfix.
 in one pass once few rows of a batch are left; 0 = off. Default: :data:`DEFAULT_PROMPT_LOOKUP`
 for fp32 models, where greedy tokens stay identical to plain decoding (docs/RESULTS.md has the
 measurements); 0 for other dtypes, where the verification pass rounds differently from plain
-steps and changes some rewrites).
+steps and changes some rewrites), ``logprobs_top_k`` (int, 0 = off: each result then carries the
+teacher's top-k log-probabilities at every generated token, EOS included; the tokens are the same).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...hookspecs import hookimpl
-from ...interfaces import GenerationResult, GenerationSettings
+from ...interfaces import GenerationResult, GenerationSettings, TokenLogprobs
 from .attention import register_gqa_attention
 from .decoding import decode_batch
+from .top_logprobs import TopLogprobs
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -93,14 +95,22 @@ class HFBackend:
         return [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
 
     @staticmethod
-    def _generate_stock(model, enc, gen_kwargs, generator) -> list[list[int]]:
-        """One batch through ``model.generate`` (the ``engine: generate`` path)."""
+    def _generate_stock(model, enc, gen_kwargs, generator, top: TopLogprobs | None = None) -> list[list[int]]:
+        """One batch through ``model.generate`` (the ``engine: generate`` path); ``top`` receives
+        every step's raw logits (rows past their EOS included: the caller cuts them off)."""
         import torch
 
         if generator is not None:
             torch.manual_seed(int(generator.initial_seed()))
         with torch.inference_mode():
-            out = model.generate(**enc, **gen_kwargs)
+            if top is None:
+                out = model.generate(**enc, **gen_kwargs)
+            else:
+                res = model.generate(**enc, **gen_kwargs, output_logits=True, return_dict_in_generate=True)
+                out = res.sequences
+                rows = list(range(out.shape[0]))
+                for step_logits in res.logits:
+                    top.add(rows, step_logits)
         return out[:, enc["input_ids"].shape[1] :].tolist()
 
     # -------------------------------------------------------------- generate
@@ -145,6 +155,11 @@ class HFBackend:
             raise ValueError(
                 f"settings.extra['prompt_lookup'] must be an integer >= 0 (0 = off), got {prompt_lookup!r}"
             )
+        top_k = settings.extra.get("logprobs_top_k") or 0
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(
+                f"settings.extra['logprobs_top_k'] must be an integer >= 0 (0 = off), got {top_k!r}"
+            )
         engine = str(settings.extra.get("engine", "decode"))
         if engine not in ("decode", "generate"):
             raise ValueError(f"settings.extra['engine'] must be 'decode' or 'generate', got {engine!r}")
@@ -161,8 +176,9 @@ class HFBackend:
                 if settings.do_sample:  # same batch -> same samples, also after a resume
                     generator = torch.Generator(device=model.device)
                     generator.manual_seed(settings.seed + int(stable_hash(texts, 8), 16))
+                top = TopLogprobs(top_k, len(batch)) if top_k else None
                 if engine == "generate":
-                    new = self._generate_stock(model, enc, gen_kwargs, generator)
+                    new = self._generate_stock(model, enc, gen_kwargs, generator, top)
                 else:
                     new = decode_batch(
                         model,
@@ -173,14 +189,20 @@ class HFBackend:
                         settings=settings,
                         generator=generator,
                         prompt_lookup=prompt_lookup,
+                        top_logprobs=top,
                     )
-                for row_idx, ids in zip(batch, new):
+                for slot, (row_idx, ids) in enumerate(zip(batch, new)):
                     stop = next((j for j, t in enumerate(ids) if t in eos_ids), None)
                     kept = ids if stop is None else ids[:stop]
                     num = len(ids) if stop is None else stop + 1
                     total_tokens += num
                     text = tok.decode(kept, skip_special_tokens=True)
-                    on_result(GenerationResult(row_idx, text.strip(), num, finished=stop is not None))
+                    logprobs = None
+                    if top is not None:
+                        top_ids, top_lps = top.row(slot)
+                        logprobs = TokenLogprobs(ids[:num], top_ids[:num], top_lps[:num])
+                    result = GenerationResult(row_idx, text.strip(), num, stop is not None, logprobs)
+                    on_result(result)
                 bar.update(len(batch))
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(tok_s=f"{total_tokens / elapsed:.1f}", refresh=False)

@@ -21,6 +21,7 @@ from .lean_step import LeanDecodeStep
 from .prefill import prefill
 from .prompt_lookup import decode_prompt_lookup, lookup_takes_over
 from .sampling import logits_warpers, next_tokens
+from .top_logprobs import TopLogprobs
 
 
 def _lean_step(model, first_cols):
@@ -42,6 +43,7 @@ def decode_batch(
     generator=None,
     prefill_group: int = 4,
     prompt_lookup: int = 0,
+    top_logprobs: TopLogprobs | None = None,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` after each left-padded row of a length-sorted batch.
 
@@ -52,7 +54,9 @@ def decode_batch(
     tokens a row per step, taken from the row's own prompt and output and verified in one pass
     (:func:`~.prompt_lookup.decode_prompt_lookup`). Models with sliding-window or non-attention
     layers use transformers' ``DynamicCache`` and a whole-batch prefill instead of the
-    preallocated cache (and no prompt lookup).
+    preallocated cache (and no prompt lookup). ``top_logprobs`` (a :class:`~.top_logprobs.TopLogprobs`
+    for the batch's rows) receives the logits of every token appended to a row; the tokens are the
+    same with or without it.
     """
     import torch
     from transformers import DynamicCache
@@ -114,11 +118,15 @@ def decode_batch(
                     do_sample=do_sample,
                     generator=generator,
                     lean=lean,
+                    top_logprobs=None if top_logprobs is None else top_logprobs.view(slots),
                 )
                 for r, tokens in zip(slots, rest):
                     out_tokens[r].extend(tokens)
                 break
             tokens = next_tokens(logits, warpers, do_sample, generator)
+            if top_logprobs is not None:
+                live_slots = [slot for slot, live in zip(alive.tolist(), running.tolist()) if live]
+                top_logprobs.add(live_slots, logits[running])
             for slot, token, live in zip(alive.tolist(), tokens.tolist(), running.tolist()):
                 if live:
                     out_tokens[slot].append(token)

@@ -64,6 +64,7 @@ def decode_prompt_lookup(
     do_sample: bool,
     generator,
     lean=None,
+    top_logprobs=None,
 ) -> list[list[int]]:
     """Decode with prompt lookup (Saxena 2023; ``prompt_lookup_num_tokens`` in transformers).
 
@@ -74,7 +75,8 @@ def decode_prompt_lookup(
     ``p`` with ``d`` removed (speculative sampling with a point-mass draft), so every token is
     still drawn from the model's distribution. Rows accept different counts, so each row writes its
     keys/values at its own cache columns and gets its own 4D mask. Rewrites copy much of the
-    reference answer in their prompt, so drafts from it are often accepted.
+    reference answer in their prompt, so drafts from it are often accepted. ``top_logprobs`` (a
+    :class:`~.top_logprobs.TopLogprobs` over these rows) receives the logits of every emitted token.
     """
     import torch
 
@@ -92,6 +94,8 @@ def decode_prompt_lookup(
     eos_set = {int(t) for t in eos.tolist()}
 
     first = next_tokens(first_logits, warpers, do_sample, generator).tolist()
+    if top_logprobs is not None:
+        top_logprobs.add(list(range(rows)), first_logits)
     alive = list(range(rows))  # original row of each batch slot
     running = []  # slot still generating (finished slots idle until the next compaction)
     index = []
@@ -177,6 +181,8 @@ def decode_prompt_lookup(
             if stop is not None:
                 emitted = emitted[: stop + 1]
             out_tokens[r].extend(emitted)
+            if top_logprobs is not None:  # emitted token j was chosen from the logits of query j
+                top_logprobs.extend(r, logits[slot, : len(emitted)])
             if stop is not None or len(out_tokens[r]) >= max_new_tokens:
                 running[slot] = False
             else:
