@@ -23,7 +23,9 @@ from typing import Any
 from .cache import (
     cache_dir,
     cached_artifact,
+    claim_output,
     fingerprint,
+    is_complete,
     stable_hash,
     write_json_atomic,
     write_text_atomic,
@@ -283,8 +285,10 @@ def merge_models(
     ``method="ties"``: two or more fine-tunes of one base; ``densities`` (fraction of each task
     vector kept, default 0.5) and ``weights`` (default 1.0) are a number or one per model. The base
     is ``base_model`` or the adapters' common base. An adapter is applied to the base recorded in its
-    ``adapter_config.json``; ``base_model`` stands in only when that one cannot be found. Layouts are checked before any weights load or mergekit runs. Output is atomic; a
-    finished merge with identical settings is reused.
+    ``adapter_config.json``; ``base_model`` stands in only when that one cannot be found. Layouts
+    and ``out`` are checked before any weights load or mergekit runs. Output is atomic; a finished
+    merge with identical settings is reused; any other non-empty ``out`` is refused unless
+    ``overwrite``; a second run into the same ``out`` fails at once (``OutputPathError``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -343,10 +347,7 @@ def merge_models(
             "dtype": dtype,
         }
     )
-    if out.exists() and any(out.iterdir()) and not overwrite and not (out / MERGE_FILE).is_file():
-        raise ValueError(
-            f"output folder {out} exists and is not an sdd merge; pass overwrite=True (--overwrite)"
-        )
+    same = out.is_dir() and is_complete(out, MERGE_FILE, key=record_key)  # reused below
 
     def build(tmp: Path) -> None:
         folders = [
@@ -393,7 +394,11 @@ def merge_models(
         write_json_atomic(tmp / MERGE_FILE, record)
         write_text_atomic(tmp / "README.md", _card(record, yaml_text))
 
-    if cached_artifact(out, build, MERGE_FILE, key=record_key, rebuild=overwrite).reused:
+    # a non-empty --out without overwrite is refused, unless it is this very merge; a second run
+    # into the same --out fails fast
+    with claim_output(out, overwrite=overwrite or same) as out:
+        reused = cached_artifact(out, build, MERGE_FILE, key=record_key, rebuild=overwrite).reused
+    if reused:
         log.info("reusing merge in %s (same settings)", out)
     else:
         log.info("merged %d models with %s into %s", n, method, out)

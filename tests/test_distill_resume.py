@@ -108,7 +108,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_models):
 
     rows_k, side_k, report_k = _read(tmp_path / "out-killed")
     rows_c, side_c, report_c = _read(tmp_path / "out-clean")
-    assert report_k["cached_rows"] > 0 and report_k["generated_rows"] < N_ROWS
+    assert report_k["cached_rows"] > 0 and report_k["this_invocation"]["generated_rows"] < N_ROWS
+    # the report counts the whole run: the rows generated before the kill too, and their time
+    assert report_k["generated_rows"] == N_ROWS and report_k["tokens_per_s"] > 0
+    assert report_k["generated_tokens"] == sum(s["num_tokens"] for s in side_k)
     assert report_c["cached_rows"] == 0 and report_c["generated_rows"] == N_ROWS
     assert [r["id"] for r in rows_k] == list(range(N_ROWS))  # no row lost or duplicated
     assert [s["index"] for s in side_k] == list(range(N_ROWS))

@@ -115,13 +115,13 @@ def test_bad_row_names_file_row_and_field(tmp_path):
     with pytest.raises(ValueError) as err:
         load_rows(path, "gsm8k")
     msg = str(err.value)
-    assert "bad.jsonl" in msg and "row 2" in msg and "answer" in msg
+    assert "bad.jsonl" in msg and "row 3" in msg and "answer" in msg  # rows counted from 1
 
 
 def test_bad_chat_rows():
-    with pytest.raises(ValueError, match=r"row 1: .*no assistant turn"):
+    with pytest.raises(ValueError, match=r"row 2: .*no assistant turn"):
         read_examples([ROWS["messages"], {"messages": [{"role": "user", "content": "hi"}]}], "messages", "x")
-    with pytest.raises(ValueError, match=r"row 0: .*messages\[0\]\.content"):
+    with pytest.raises(ValueError, match=r"row 1: .*messages\[0\]\.content"):
         read_examples([{"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}], "messages")
 
 

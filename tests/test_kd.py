@@ -186,7 +186,8 @@ def test_stage_writes_kd_set_aligned_for_axolotl(tmp_path, default_model):
         "accepted": distill_dataset(out=tmp_path / "a", allow_truncated=True, **kw),
         "strict": distill_dataset(out=tmp_path / "s", measure_nll=False, **kw),
     }
-    assert runs["strict"].report["generated_rows"] == 0  # the generation (and its top-k) is cached
+    # the generation (and its top-k) is cached
+    assert runs["strict"].report["this_invocation"]["generated_rows"] == 0
     model, tok = load_model(str(default_model), dtype="float32")
     seen = {"rewrite": 0, "original": 0}
     for name, res in runs.items():
@@ -247,7 +248,7 @@ def test_kd_cache_is_separate_resumes_and_leaves_rewrites_unchanged(tmp_path, ti
     lines = kd_rows.read_text().splitlines()
     kd_rows.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])  # killed mid-write
     again = distill_dataset(out=tmp_path / "kd2", kd_top_k=3, **kw)
-    assert 0 < again.report["generated_rows"] < len(CHAT_ROWS)
+    assert 0 < again.report["this_invocation"]["generated_rows"] < len(CHAT_ROWS)
     assert again.kd_path.read_text() == first.kd_path.read_text()
     rows = [json.loads(line) for line in again.kd_path.read_text().splitlines()]
     assert all(len(row["logprobs"]) == len(row["target_token_ids"]) for row in rows)

@@ -202,5 +202,5 @@ def test_bad_arguments(tiny_models, tmp_path):
         merge_models([m, tmp_path / "missing"], method="slerp", out=tmp_path / "x")
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("user data")
-    with pytest.raises(ValueError, match="not an sdd merge"):
+    with pytest.raises(ValueError, match="exists and is not empty"):
         merge_models([m, m], method="slerp", out=tmp_path / "x")

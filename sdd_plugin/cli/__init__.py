@@ -2,6 +2,7 @@
 
 Each sub-command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int``. Modules are imported only when their command runs, so ``sdd --help`` is fast.
+What the console shows (and what goes to the log file only) is set up in :mod:`.console`.
 """
 
 from __future__ import annotations
@@ -38,8 +39,13 @@ def _module(name: str):
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Build the argument parser (with every command, or only ``only`` for speed)."""
-    parser = argparse.ArgumentParser(prog="sdd", description="Layer pruning + self-data distillation.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(
+        prog="sdd",
+        description="Layer pruning + self-data distillation.",
+        epilog="Exit codes: 0 done, 1 problems found (sdd check), 2 bad input. Each command logs to "
+        "~/.cache/sdd-plugin/logs/ ($SDD_CACHE_DIR/logs), library warnings hidden from the console included.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, library noise included")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         if only is not None and name != only:
@@ -62,19 +68,24 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     if not args.command:
         parser.print_help()
         return 0
+    from .console import setup_console
+
+    log_file = setup_console(args.command, args.verbose, progress=not getattr(args, "no_progress", False))
     try:
         return int(_module(args.command).run(args) or 0)
     except (UserError, ValueError, FileNotFoundError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        logging.getLogger(__name__).debug("sdd %s failed", args.command, exc_info=True)
         print(f"sdd {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except Exception:
+        logging.getLogger(__name__).exception("sdd %s failed", args.command)
+        if log_file is not None:
+            print(f"sdd {args.command}: the full log is in {log_file}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -89,6 +89,7 @@ def check(path: str, axolotl: bool = True) -> dict[str, Any]:
         plugins = [plugins]
     imports = {str(name): import_plugin(name) for name in plugins}
     result = plan(raw)
+    _mark_impossible_pruning(result)
     problems: list[str] = []
     for name, err in imports.items():
         if err:
@@ -128,6 +129,20 @@ def check(path: str, axolotl: bool = True) -> dict[str, Any]:
     result["plugins"] = imports
     result["problems"] = problems
     return result
+
+
+def _mark_impossible_pruning(result: dict[str, Any]) -> None:
+    """A pruning plan that does not fit the model says so instead of a block count below zero."""
+    from ..axolotl.recipe import check_prune_range
+
+    args, layers = result.get("args"), result.get("layers")
+    if args is None or not args.sdd_prune or not layers or "prune" not in result:
+        return
+    try:
+        check_prune_range(args, layers)
+    except ValueError:
+        what = str(result["prune"]).split("; blocks ")[0]
+        result["prune"] = f"{what}: not possible, the model has {layers} blocks (see PROBLEM below)"
 
 
 def _print(result: dict[str, Any], path: str) -> None:

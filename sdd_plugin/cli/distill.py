@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="gsm8k",
         help="dataset format: alpaca, dolly, messages (chat), sharegpt, gsm8k, openmath (default gsm8k)",
     )
-    parser.add_argument("--out", required=True, help="output folder (or a .jsonl file)")
+    parser.add_argument(
+        "--out", required=True, help="output folder (or a .jsonl file); an existing one needs --overwrite"
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
     parser.add_argument("--split", default="train", help="split of a hub dataset (default train)")
     parser.add_argument(
@@ -61,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-nll", action="store_true", help="skip the NLL distribution-shift meter")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--strict", action="store_true", help="stop on rows with an empty response (default: skip them)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from ..distill.stage import distill_dataset
     from ..interfaces import GenerationSettings
 
-    if args.limit is not None and args.limit < 0:
-        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     extra = {"dtype": args.dtype} if args.dtype else {}
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
@@ -97,12 +103,15 @@ def run(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
         allow_truncated=args.allow_truncated,
         retries=args.retries,
+        overwrite=args.overwrite,
+        strict=args.strict,
         ray=args.ray or False,
         ray_workers=args.ray_workers,
     )
     r = result.report
     keys = (
         "rows",
+        "skipped_empty_responses",
         "accepted",
         "acceptance_rate",
         "fallbacks",

@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weights dtype (bfloat16 is faster on CPUs with AVX512-BF16; compare models at one dtype)",
     )
     parser.add_argument("--no-cache", action="store_true", help="ignore cached per-task results")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="output folder (written whole at the end)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
 
 def _slug(label: str) -> str:
@@ -90,8 +91,17 @@ def _print_table(report: dict) -> None:
         )
 
 
+def _check_inputs_outside(out: Path, inputs: list[str]) -> None:
+    """--out is replaced whole: refuse when it holds a run being read (--compare, --baseline)."""
+    for x in inputs:
+        p = Path(x).expanduser().resolve()
+        if p.exists() and (p == out.resolve() or out.resolve() in p.parents):
+            raise UserError(f"--out {out} holds {x}, which this command reads; choose another --out")
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate, then (with --baseline) write recovery.json/.md/.png."""
+    from ..cache import check_output, output_dir
     from ..evaluate import (
         evaluate,
         expand_tasks,
@@ -105,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not getattr(args, "verbose", False):  # lm-eval logs every request batch at INFO
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    out = Path(args.out)
+    out = check_output(args.out, overwrite=args.overwrite)
+    _check_inputs_outside(out, list(args.compare or []) + ([args.baseline] if args.baseline else []))
     batch = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
     if args.compare:
         if args.model:
@@ -119,9 +130,10 @@ def run(args: argparse.Namespace) -> int:
             )
         runs = [load_results(r) for r in args.compare]
         table = recovery_table(runs, base)
-        paths = write_recovery(table, out)
+        with output_dir(out, overwrite=args.overwrite) as tmp:
+            paths = write_recovery(table, tmp)
         print(recovery_markdown(table))
-        print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
+        print(f"wrote {', '.join(str(out / paths[k].name) for k in ('md', 'json', 'png'))}")
         return 0
 
     if not args.model:
@@ -148,22 +160,24 @@ def run(args: argparse.Namespace) -> int:
     single = len(args.model) == 1 and not args.baseline
     reports = []
     used: set[str] = set()
-    for m in args.model:
-        slug = _slug(m)
-        while slug in used or slug == "baseline":
-            slug += "_"
-        used.add(slug)
-        rep = evaluate(m, out=out if single else out / slug, **common)
-        _print_table(rep)
-        reports.append(rep)
+    with output_dir(out, overwrite=args.overwrite) as tmp:  # --out appears whole, at the end
+        for m in args.model:
+            slug = _slug(m)
+            while slug in used or slug == "baseline":
+                slug += "_"
+            used.add(slug)
+            rep = evaluate(m, out=tmp if single else tmp / slug, **common)
+            _print_table(rep)
+            reports.append(rep)
+        if args.baseline:
+            if base_results is None:
+                base_results = evaluate(args.baseline, out=tmp / "baseline", **common)
+                _print_table(base_results)
+            table = recovery_table(reports, base_results)
+            paths = write_recovery(table, tmp)
     if args.baseline:
-        if base_results is None:
-            base_results = evaluate(args.baseline, out=out / "baseline", **common)
-            _print_table(base_results)
-        table = recovery_table(reports, base_results)
-        paths = write_recovery(table, out)
         print(recovery_markdown(table))
-        print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
+        print(f"wrote {', '.join(str(out / paths[k].name) for k in ('md', 'json', 'png'))}")
     else:
         print(f"wrote {out / 'eval_results.json' if single else out}")
     return 0

@@ -37,27 +37,29 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder for score.json, score.md, heatmap.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..cache import output_dir
     from ..prune.scoring import score_model, write_score_outputs
 
-    result = score_model(
-        args.model,
-        metric=args.metric,
-        calibration=args.calibration,
-        tokens=args.tokens,
-        num_samples=args.num_samples,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
-        dtype=args.dtype,
-        text_field=args.text_field,
-    )
-    paths = write_score_outputs(
-        result, args.out, title=f"{Path(str(args.model)).name}: {args.metric} d(l, n)"
-    )
+    out = Path(args.out)
+    with output_dir(out, overwrite=args.overwrite) as tmp:
+        result = score_model(
+            args.model,
+            metric=args.metric,
+            calibration=args.calibration,
+            tokens=args.tokens,
+            num_samples=args.num_samples,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            text_field=args.text_field,
+        )
+        names = write_score_outputs(result, tmp, title=f"{Path(str(args.model)).name}: {args.metric} d(l, n)")
     print(result.markdown_table())
-    print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
+    print(f"wrote {', '.join(str(out / p.name) for p in names.values())}")
     return 0

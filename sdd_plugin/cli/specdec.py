@@ -35,27 +35,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, help="output folder for specdec.json, specdec.md, specdec.png"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..specdec import default_prompts, load_prompts, measure_specdec
+    from ..cache import output_dir
+    from ..specdec import default_prompts, load_prompts, measure_specdec, write_outputs
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     prompts = load_prompts(args.prompts) if args.prompts else None
     if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}")
         prompts = (prompts or default_prompts())[: args.limit]
-    result = measure_specdec(
-        args.target,
-        args.draft,
-        prompts=prompts,
-        max_new_tokens=args.max_new_tokens,
-        num_assistant_tokens=args.num_assistant_tokens,
-        repeats=args.repeats,
-        chat_template=not args.no_chat_template,
-        out=args.out,
-        dtype=args.dtype,
-    )
+    with output_dir(args.out, overwrite=args.overwrite) as tmp:
+        result = measure_specdec(
+            args.target,
+            args.draft,
+            prompts=prompts,
+            max_new_tokens=args.max_new_tokens,
+            num_assistant_tokens=args.num_assistant_tokens,
+            repeats=args.repeats,
+            chat_template=not args.no_chat_template,
+            dtype=args.dtype,
+        )
+        write_outputs(result, tmp)
     s = result["summary"]
 
     def f(x, spec=".3f"):

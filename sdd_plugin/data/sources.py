@@ -3,7 +3,8 @@ or a Hugging Face hub id (``"id"`` or ``"id:config"``).
 
 :func:`resolve_source` decides (no loading); :func:`load_source` loads it with HF ``datasets``.
 Both raise ``FileNotFoundError`` for a path that looks local but does not exist and ``ValueError``
-naming the source for anything that cannot be read.
+naming the source for anything that cannot be read (for a local file: the 1-based row, see
+:mod:`sdd_plugin.data.file_checks`).
 """
 
 from __future__ import annotations
@@ -91,9 +92,11 @@ def load_source(
     """Load ``source`` as a ``datasets.Dataset`` (first ``limit`` rows when given).
 
     A file is read with its extension's builder (its single ``train`` split); a folder and a hub id
-    with ``datasets.load_dataset(..., split=split)``. The loader's ``FileNotFoundError`` (e.g. an
-    unknown hub id) and ``ValueError`` (e.g. an unknown split) pass through; any other failure
-    raises ``ValueError`` naming the source, with the loader's error chained."""
+    with ``datasets.load_dataset(..., split=split)``. A local file that is empty, not UTF-8, holds no
+    rows or cannot be parsed raises ``ValueError`` naming the file and the first bad row. For a
+    folder or hub id the loader's ``FileNotFoundError`` (e.g. an unknown hub id) and ``ValueError``
+    (e.g. an unknown split) pass through; any other failure raises ``ValueError`` naming the
+    source, with the loader's error chained."""
     import datasets
 
     src = source if isinstance(source, DataSource) else resolve_source(source, config)
@@ -102,20 +105,46 @@ def load_source(
             f"{src.location}: unsupported data file type {data_extension(src.location) or '(none)'!r}; "
             f"use one of {', '.join(FILE_BUILDERS)}"
         )
-    try:
-        if src.kind == "file":
+    if src.kind == "file":
+        from .file_checks import check_text_file, diagnose_load_error
+
+        check_text_file(src.location, src.builder)  # empty, or not UTF-8: file, row, byte offset
+        try:
             ds = datasets.load_dataset(src.builder, data_files=src.location, split="train")
-        elif src.kind == "folder":
+        except Exception as exc:  # malformed JSON, a column of two types, no rows, ...
+            where = diagnose_load_error(src.location, src.builder)
+            detail = where or f"cannot be read as {src.builder}: {type(exc).__name__}: {_loader_message(exc)}"
+            raise ValueError(f"{src.location}: {detail}") from exc
+        if len(ds) == 0:
+            raise ValueError(f"{src.location}: no rows")
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        return ds
+    try:
+        if src.kind == "folder":
             ds = datasets.load_dataset(src.location, split=split)
         else:
             ds = datasets.load_dataset(src.location, src.config, split=split)
     except (FileNotFoundError, ValueError):
         raise
     except Exception as exc:  # arrow schema errors, unreachable hub, ...
-        raise ValueError(f"could not load dataset {str(src)!r} (split {split!r}): {exc}") from exc
+        detail = _loader_message(exc)
+        raise ValueError(f"could not load dataset {str(src)!r} (split {split!r}): {detail}") from exc
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return ds
+
+
+def _loader_message(exc: BaseException) -> str:
+    """The most specific message in an exception chain (``datasets`` wraps the parser's error in a
+    generic "An error occurred while generating the dataset")."""
+    messages = []
+    while exc is not None and len(messages) < 8:
+        text = str(exc).strip()
+        if text:
+            messages.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return messages[-1] if messages else "no details"
 
 
 def describe_source(source: Any) -> str:

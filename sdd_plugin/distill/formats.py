@@ -21,6 +21,7 @@ is validated up front, before any model loads.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -28,12 +29,15 @@ from dataclasses import dataclass, field
 
 from ..data.sources import describe_source, load_source
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "FORMATS",
     "FORMAT_FOR_AXOLOTL_TYPE",
     "Example",
     "FormatSpec",
     "detect_format",
+    "drop_empty_responses",
     "format_for_axolotl_type",
     "get_format",
     "load_rows",
@@ -365,31 +369,62 @@ def load_rows(
     """Load rows from a local file/folder, a hub id or a list of dicts, and validate them.
 
     Local files, folders and hub ids (``config``: the hub config name) are loaded by
-    :func:`sdd_plugin.data.sources.load_source`. ``limit`` keeps the first N rows. With ``format``
-    set (and ``validate``), every row is checked; a missing field raises a ValueError naming the
-    file, the row index and the field.
+    :func:`sdd_plugin.data.sources.load_source`. ``limit`` (>= 1) keeps the first N rows. No rows
+    at all is an error. With ``format`` set (and ``validate``), every row is checked; a missing
+    field raises a ValueError naming the file, the 1-based row and the field.
     """
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of rows, got {limit!r}")
     if isinstance(source, (list, tuple)):
         rows = [dict(r) for r in source[: limit if limit is not None else None]]
     else:
         rows = load_source(source, split=split, limit=limit, config=config).to_list()
+    if not rows:
+        raise ValueError(f"{describe_source(source)}: no rows")
     if format is not None and validate:
         validate_rows(rows, format, describe_source(source))
     return rows
 
 
+def drop_empty_responses(
+    rows: list[dict], examples: list[Example], source: str = "<rows>", strict: bool = False
+) -> tuple[list[dict], list[Example], list[int], list[int]]:
+    """Leave out the rows whose response is empty (or only white space): a rewrite of nothing is
+    not a distillation, and an empty training target teaches nothing.
+
+    Returns ``(rows, examples, kept, skipped)``, the last two as 1-based input row numbers; logs a
+    warning naming the skipped rows. ``strict``: raise ``ValueError`` naming them instead. No row
+    left is an error either way."""
+    empty = [i for i, ex in enumerate(examples, 1) if not ex.reference.strip()]
+    if not empty:
+        return rows, examples, list(range(1, len(rows) + 1)), []
+    shown = ", ".join(map(str, empty[:20])) + (f" and {len(empty) - 20} more" if len(empty) > 20 else "")
+    if strict or len(empty) == len(rows):
+        why = "every row" if len(empty) == len(rows) else f"{len(empty)} of {len(rows)} rows"
+        raise ValueError(f"{source}: {why} have an empty response (rows {shown}); fill or remove them")
+    log.warning(
+        "%s: skipping %d of %d rows with an empty response (rows %s); pass --strict to stop instead",
+        source,
+        len(empty),
+        len(rows),
+        shown,
+    )
+    drop = set(empty)
+    kept = [i for i in range(1, len(rows) + 1) if i not in drop]
+    return [rows[i - 1] for i in kept], [examples[i - 1] for i in kept], kept, empty
+
+
 def validate_rows(rows: Sequence[dict], format: str, source: str = "<rows>") -> list[Example]:
-    """Read every row; the first bad one raises ``ValueError("{source}: row {i}: missing field ...")``."""
+    """Read every row; the first bad one raises ``ValueError("{source}: row {n}: missing field ...")``
+    (``n`` counted from 1)."""
     return read_examples(rows, format, source)
 
 
 def read_examples(rows: Sequence[dict], format: str, source: str = "<rows>") -> list[Example]:
-    """:class:`Example` of every row (ValueError naming source, row index and field on bad rows)."""
+    """:class:`Example` of every row (ValueError naming source, 1-based row and field on bad rows)."""
     spec = get_format(format)
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise ValueError(f"{source}: row {i}: expected an object, got {type(row).__name__}")
         try:

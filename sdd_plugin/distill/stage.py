@@ -43,12 +43,16 @@ from .acceptance import acceptance_markdown, try_summary
 from .formats import (
     FORMAT_FOR_AXOLOTL_TYPE,
     Example,
+    drop_empty_responses,
     format_for_axolotl_type,
     get_format,
     load_rows,
     read_examples,
 )
 from .kd import KD_NAME, MeterTopK, pack_logprobs, require_chat_template, teacher_of_record, write_kd_set
+from .outputs import REPORT_NAME, Staging, holds_out
+from .resume import Lap, NllCache, generation_totals, once
+from .templates import render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +65,6 @@ __all__ = [
     "response_nll",
 ]
 
-OUTPUT_NAME = "distilled.jsonl"
-REPORT_NAME = "distill_report.json"
 REPORT_MD_NAME = "distill_report.md"
 ROWS_NAME = "rows.jsonl"
 
@@ -81,18 +83,6 @@ class DistillResult:
     """The distilled rows themselves."""
     kd_path: Path | None = None
     """The KD-ready set (``kd.jsonl``, axolotl's KD layout) when ``kd_top_k`` asked for it."""
-
-
-# ----------------------------------------------------------------------------------- rendering
-
-
-def render_prompt(tokenizer, messages: list[dict[str, str]], prefix: str = "") -> str:
-    """Render chat messages through the teacher's chat template (generation prompt on) + ``prefix``."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:  # a base model without a chat template: a plain instruction layout
-        text = "\n\n".join(m["content"].strip() for m in messages) + "\n\n### Response:\n"
-    return text + prefix
 
 
 # --------------------------------------------------------------------------------------- cache
@@ -120,9 +110,11 @@ class RowCache:
     def __contains__(self, key: str) -> bool:
         return key in self.records
 
-    def add(self, key: str, result: GenerationResult) -> None:
-        """Append one finished row and make it durable."""
+    def add(self, key: str, result: GenerationResult, seconds: float | None = None) -> None:
+        """Append one finished row and make it durable (``seconds``: its share of the generation time)."""
         rec = {"key": key, "text": result.text, "num_tokens": result.num_tokens, "finished": result.finished}
+        if seconds is not None:
+            rec["seconds"] = round(seconds, 4)
         if result.logprobs is not None:
             rec["logprobs"] = pack_logprobs(result.logprobs)
         if self._file is None:
@@ -158,9 +150,12 @@ def response_nll(
     max_response_tokens: int = 512,
     show_progress: bool = False,
     on_logits: Callable[[int, Any, list[int]], None] | None = None,
+    cache: NllCache | None = None,
 ) -> tuple[float, list[tuple[float, int]]]:
     """Teacher's mean per-token NLL of ``responses`` given ``prompts`` (rendered strings).
 
+    ``cache``: rows scored before are taken from it, new ones added (one durable line each);
+    ``model`` may be a loader function, called only when some row is to be scored.
     Returns ``(token-weighted mean, [(sum NLL, tokens) per row])``. Batched with left padding, only
     the response positions' logits are computed (``logits_to_keep``). ``on_logits(row, logits,
     response_ids)``, when given, receives each scored row's logits predicting every response token
@@ -175,8 +170,11 @@ def response_nll(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(prompts)), key=lambda i: -(len(p_ids[i]) + len(r_ids[i])))
     per_row: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+    order = cache.pending(order, prompts, r_ids, per_row) if cache is not None else order
+    if callable(model) and not hasattr(model, "parameters"):
+        model = model() if order else None
     bar = tqdm(total=len(order), desc="nll", unit="row", disable=not show_progress, dynamic_ncols=True)
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if order else None
     for start in range(0, len(order), batch_size):
         batch = [i for i in order[start : start + batch_size] if r_ids[i]]
         bar.update(min(batch_size, len(order) - start))
@@ -205,6 +203,8 @@ def response_nll(
             target = torch.tensor(r_ids[i], device=pred.device)
             nll = torch.nn.functional.cross_entropy(pred, target, reduction="sum").item()
             per_row[i] = (nll, n)
+            if cache is not None:
+                cache.add(i, nll, n)
             if on_logits is not None:
                 on_logits(i, logits[row, keep - n - 1 :], r_ids[i])
     bar.close()
@@ -222,13 +222,7 @@ def _mean_nll(per_row: list[tuple[float, int]], rows: list[int] | None = None) -
 # -------------------------------------------------------------------------------------- distill
 
 
-def _resolve_out(out: str | os.PathLike) -> tuple[Path, Path]:
-    out = Path(out)
-    if out.suffix.lower() in {".jsonl", ".json"}:
-        return out.parent, out
-    return out, out / OUTPUT_NAME
-
-
+@holds_out
 def distill_dataset(
     teacher: str | os.PathLike = "smollm2-135m-instruct",
     data: str | os.PathLike | Sequence[dict] = "",
@@ -248,8 +242,14 @@ def distill_dataset(
     ray: bool | str = False,
     ray_workers: int | None = None,
     kd_top_k: int = 0,
+    overwrite: bool = True,
+    strict: bool = False,
 ) -> DistillResult:
     """Self-distill a fine-tuning set with ``teacher`` and write it in the input's schema.
+
+    ``out`` is checked and locked before any work and the outputs appear together at the end
+    (:mod:`sdd_plugin.distill.outputs`); an existing ``out`` is replaced only with ``overwrite``.
+    Rows with an empty response are skipped with a warning (an error with ``strict``).
 
     ``data`` is a local file/folder, a hub id or a list of rows; ``format`` one of
     :data:`sdd_plugin.distill.formats.FORMATS`; ``out`` a folder (``distilled.jsonl`` and the reports go
@@ -276,7 +276,7 @@ def distill_dataset(
     it; the row cache is a separate one. The report's ``kd`` gives the bytes per row.
     """
     from ..generation.selection import make_backend
-    from ..models import load_tokenizer, resolve_model
+    from ..models import check_generation_fits, load_tokenizer, resolve_model
     from ..plugins import get_checker, get_template
 
     t0 = time.perf_counter()
@@ -294,7 +294,9 @@ def distill_dataset(
     source = describe_source(data)
     rows = load_rows(data, spec.name, split=split, limit=limit, validate=False)
     examples: list[Example] = read_examples(rows, spec.name, source)  # errors before weights load
-    out_dir, out_path = _resolve_out(out)
+    rows, examples, row_numbers, skipped = drop_empty_responses(rows, examples, source, strict)
+    staging = Staging(out)  # every output is written here, then published in place
+    out_dir, out_path = staging.dir, staging.path
 
     teacher_path = resolve_model(teacher)
     tok = load_tokenizer(teacher_path)
@@ -315,6 +317,9 @@ def distill_dataset(
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     keys = [stable_hash({"prompt": p, "template": template_obj.name}, 24) for p in prompts]
     lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    check_generation_fits(
+        teacher_path, lengths, settings.max_new_tokens, "max_new_tokens", "row", row_numbers
+    )
     stats: dict[str, Any] = {"generated_rows": 0, "generated_tokens": 0, "seconds": 0.0, "cached_rows": 0}
 
     def generate_pass(attempt: int, pass_settings: GenerationSettings, subset: list[int]) -> RowCache:
@@ -350,11 +355,11 @@ def distill_dataset(
             if kd_top_k and res.logprobs is None:
                 raise RuntimeError(f"the {backend_obj.name} backend returned no top-k log-probs (kd_top_k)")
             stats["generated_tokens"] += res.num_tokens
-            cache.add(keys[todo[res.index]], res)
+            cache.add(keys[todo[res.index]], res, seconds=lap())
 
         if hasattr(backend_obj, "load"):
             backend_obj.load(str(teacher_path), pass_settings)  # load outside the throughput timing
-        g0 = time.perf_counter()
+        g0, lap = time.perf_counter(), Lap()
         try:
             builtin = backend_obj.name in ("hf", "vllm")
             kwargs = {"show_progress": show_progress} if builtin else {}
@@ -379,6 +384,7 @@ def distill_dataset(
     # Pass 0 (the configured settings, greedy by default), then sampled retries of rejected rows.
     first = generate_pass(0, settings, list(range(len(rows))))
     chosen = [first.records[k] for k in keys]
+    used = list(chosen)  # every generation the output stands on
     first_reasons = [check(rec, ex) for rec, ex in zip(chosen, examples)]
     status = list(first_reasons)
     attempt_of = [0] * len(rows)
@@ -392,6 +398,7 @@ def distill_dataset(
         try_reasons = []
         for i in rejected:
             rec = retry_cache.records[keys[i]]
+            used.append(rec)
             try_reasons.append(check(rec, examples[i]))
             if try_reasons[-1] is None:
                 chosen[i], status[i], attempt_of[i] = rec, None, attempt
@@ -438,7 +445,7 @@ def distill_dataset(
         return load_model(teacher_path)[0]
 
     if measure_nll and rows:
-        model = teacher_model()
+        model, nll_cache = once(teacher_model), NllCache(first.folder)  # loaded if a row is not cached
         _, orig = response_nll(
             model,
             tok,
@@ -447,8 +454,10 @@ def distill_dataset(
             bs,
             show_progress=show_progress,
             on_logits=meter,
+            cache=None if meter is not None else nll_cache,
         )
-        _, dist = response_nll(model, tok, plain, responses, bs, show_progress=show_progress)
+        _, dist = response_nll(model, tok, plain, responses, bs, show_progress=show_progress, cache=nll_cache)
+        nll_cache.close()
         nll = {
             "nll_original": _mean_nll(orig),
             "nll_distilled": _mean_nll(dist),
@@ -484,18 +493,15 @@ def distill_dataset(
     num_tokens = [s["num_tokens"] for s in side]
     report: dict[str, Any] = {
         "rows": n,
+        "skipped_empty_responses": len(skipped),
+        "skipped_rows": skipped,
         "accepted": len(accepted_idx),
         "acceptance_rate": round(len(accepted_idx) / n, 4) if n else None,
         "fallbacks": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
         "mean_generated_tokens": round(sum(num_tokens) / n, 2) if n else None,
-        "generated_rows": stats["generated_rows"],
+        **generation_totals(used),  # over every invocation of the run
         "cached_rows": stats["cached_rows"],
-        "generated_tokens": stats["generated_tokens"],
-        "generation_seconds": round(stats["seconds"], 2),
-        "tokens_per_s": round(stats["generated_tokens"] / stats["seconds"], 2)
-        if stats["seconds"] > 0
-        else None,
-        "rows_per_s": round(stats["generated_rows"] / stats["seconds"], 3) if stats["seconds"] > 0 else None,
+        "this_invocation": {k: round(v, 2) for k, v in stats.items() if k != "cached_rows"},
         "retries": retries,
         "accepted_on_retry": sum(1 for i in accepted_idx if attempt_of[i] > 0),
         "acceptance_by_try": by_try,
@@ -522,13 +528,15 @@ def distill_dataset(
     if kd_report is not None:
         report["kd"] = kd_report
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    report = staging.final(report)  # the paths it records are the published ones
     write_text_atomic(out_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
     rows_path = out_dir / ROWS_NAME
     write_text_atomic(rows_path, "".join(json.dumps(s) + "\n" for s in side))
     report_path = out_dir / REPORT_NAME
     write_json_atomic(report_path, report)
     write_text_atomic(out_dir / REPORT_MD_NAME, report_markdown(report))
+    staging.publish()
+    out_path, report_path, rows_path = (staging.final(p) for p in (out_path, report_path, rows_path))
     kd_path = Path(kd_report["path"]) if kd_report else None
     return DistillResult(out_path, report, report_path, rows_path, out_rows, kd_path)
 

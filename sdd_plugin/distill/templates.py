@@ -46,3 +46,12 @@ def sdd_distill_templates():
         SDFTTemplate("general", GENERAL_PROMPT),
         SDFTTemplate("math", MATH_PROMPT, MATH_PREFIX),
     ]
+
+
+def render_prompt(tokenizer, messages: list[dict[str, str]], prefix: str = "") -> str:
+    """Render chat messages through the teacher's chat template (generation prompt on) + ``prefix``."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:  # a base model without a chat template: a plain instruction layout
+        text = "\n\n".join(m["content"].strip() for m in messages) + "\n\n### Response:\n"
+    return text + prefix

@@ -226,8 +226,8 @@ def _row_text(row: dict[str, Any], text_field: str | None, where: str) -> str | 
 
 def _from_dataset(ds, text_field: str | None, where: str, limit: int | None, min_chars: int) -> list[str]:
     out: list[str] = []
-    for i, row in enumerate(ds):
-        text = _row_text(row, text_field, f"{where} row {i}")
+    for i, row in enumerate(ds, 1):
+        text = _row_text(row, text_field, f"{where}: row {i}")
         if text is not None and len(text.strip()) >= min_chars:
             out.append(text.strip())
             if limit is not None and len(out) >= limit:
@@ -287,9 +287,9 @@ def load_calibration_texts(
 def _load_file(path: Path, src: str, text_field, limit, min_chars) -> list[str]:
     try:
         ds = load_source(path)
+    except ValueError as exc:  # names the file and the first bad row
+        raise ValueError(f"calibration file {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; report them uniformly
-        if path.stat().st_size == 0:
-            raise ValueError(f"calibration file {src!r} is empty") from exc
         raise ValueError(f"cannot read calibration file {src!r} as {file_builder(path)}: {exc}") from exc
     return _from_dataset(ds, text_field, src, limit, min_chars)
 

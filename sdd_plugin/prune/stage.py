@@ -10,11 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cache import cache_dir, cached_artifact, fingerprint, is_complete, stable_hash, write_json_atomic
+from ..cache import (
+    cache_dir,
+    cached_artifact,
+    claim_output,
+    fingerprint,
+    is_complete,
+    stable_hash,
+    write_json_atomic,
+)
 from .surgery import count_parameters, decoder_layers, remove_blocks, validate_blocks
 
 log = logging.getLogger(__name__)
@@ -244,14 +253,11 @@ def prune(
     _check_positive("batch_size", batch_size)
     if out is None:
         out_dir = plan.cache_folder(metric)
+        claim = nullcontext(out_dir)  # a cache folder: a second run waits for the first and reuses it
     else:
-        out_dir = Path(out)
-        if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-            done = load_prune_result(out_dir)
-            if done is None or done.extra.get("cache_key") != plan.key:
-                raise ValueError(
-                    f"output folder {out_dir} exists and is not empty (pass overwrite=True / --overwrite)"
-                )
+        done = load_prune_result(out) if Path(out).is_dir() else None
+        same = done is not None and done.extra.get("cache_key") == plan.key
+        claim = claim_output(out, overwrite=overwrite or same)  # a second run into --out fails fast
 
     built: list[PruneResult] = []
 
@@ -260,7 +266,8 @@ def prune(
             _prune_into(tmp, out_dir, model, plan, metric, calibration, start, batch_size, max_length, dtype)
         )
 
-    artifact = cached_artifact(out_dir, build, _MARKERS, rebuild=overwrite)
+    with claim as out_dir:
+        artifact = cached_artifact(out_dir, build, _MARKERS, rebuild=overwrite)
     if artifact.reused:
         log.info("reusing pruned model %s", out_dir)
         result = load_prune_result(out_dir)
