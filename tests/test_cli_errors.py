@@ -411,6 +411,7 @@ def test_eval_shows_its_own_bar_not_lm_eval_bars(tiny_models, tmp_path, cache, c
         "Building contexts",
         "Overwriting default num_fewshot",
         "aggregation",
+        "higher_is_better",
     ):
         assert text not in err, (text, err)
     assert (tmp_path / "e" / "eval_results.json").is_file()

@@ -38,7 +38,7 @@ NOISE: tuple[tuple[str, str], ...] = (
     # datasets' own line about a JSON file it cannot parse: sdd's error names the file and the row
     ("datasets.packaged_modules.json.json", r"^Failed to load JSON from file"),
     # lm-eval's defaults for perplexity metrics and for the shots sdd eval sets explicitly
-    ("lm_eval.api.task", r"is defined, but aggregation is not"),
+    ("lm_eval.api.task", r"is defined, but (aggregation|higher_is_better) is not"),
     ("lm_eval.evaluator", r"^Overwriting default num_fewshot"),
 )
 #: modules whose progress bars are hidden (they nest under a bar of our own)
