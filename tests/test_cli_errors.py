@@ -415,3 +415,13 @@ def test_eval_shows_its_own_bar_not_lm_eval_bars(tiny_models, tmp_path, cache, c
     ):
         assert text not in err, (text, err)
     assert (tmp_path / "e" / "eval_results.json").is_file()
+
+
+def test_specdec_console_has_its_bar_and_not_transformers_notices(tiny_models, tmp_path, cache, capfd):
+    model = str(tiny_models("llama", 2))
+    out = tmp_path / "sd"
+    argv = ["specdec", "--target", model, "--draft", model, "--limit", "1", "--max-new-tokens", "4"]
+    assert main([*argv, "--out", str(out)]) == 0
+    err = capfd.readouterr().err
+    assert "speculative decoding" in err and "generation-related arguments" not in err, err
+    assert {p.name for p in out.iterdir()} == {"specdec.json", "specdec.md", "specdec.png"}

@@ -35,6 +35,8 @@ NOISE: tuple[tuple[str, str], ...] = (
     ("py.warnings", r"Skipping publisher trust check for 'kernels-community/"),
     # the tokenizer's saved config asks for a clean-up transformers skips for BPE anyway
     ("transformers.tokenization_utils_tokenizers", r"^Ignoring clean_up_tokenization_spaces"),
+    # transformers' assisted generation passes both to itself (sdd specdec's draft)
+    ("transformers.generation.utils", r"^Passing `generation_config` together with generation-related"),
     # datasets' own line about a JSON file it cannot parse: sdd's error names the file and the row
     ("datasets.packaged_modules.json.json", r"^Failed to load JSON from file"),
     # lm-eval's defaults for perplexity metrics and for the shots sdd eval sets explicitly
