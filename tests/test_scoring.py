@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 
 from sdd_plugin import cli, contiguous_argmin, plugins
 from sdd_plugin.models import load_tokenizer
-from sdd_plugin.prune.scoring import ScoreResult, score_blocks
 from sdd_plugin.prune import decoder_layers
+from sdd_plugin.prune.scoring import ScoreResult, score_blocks
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog near the river bank.",
