@@ -371,7 +371,10 @@ NOISY = (
 def test_console_shows_stage_lines_and_keeps_the_noise_in_the_log(tiny_models, tmp_path, data):
     """A fresh process (libraries imported anew) with a fresh cache, so the weights load."""
     cache = tmp_path / "fresh-cache"
-    env = dict(os.environ, SDD_CACHE_DIR=str(cache), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    # a clean environment: what earlier in-process tests or libraries put into os.environ must not
+    # change what this fresh process prints
+    keep = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+    env = dict(keep, SDD_CACHE_DIR=str(cache), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     argv = _distill(tiny_models("llama", 2), data, tmp_path / "out")
     proc = subprocess.run(
         [sys.executable, "-m", "sdd_plugin.cli", *argv], env=env, capture_output=True, text=True, timeout=900

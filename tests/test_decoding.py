@@ -250,7 +250,9 @@ def test_kernel_is_cached_and_shares_torchs_openmp_runtime():
     from sdd_plugin.generation.hf.kernel import build_decode_attention
 
     kernel = _kernel()
-    assert kernel.library == build_decode_attention()
+    # the same build key (file name); the folder is whichever cache was current when the process
+    # first loaded the kernel (another test may have pointed SDD_CACHE_DIR elsewhere)
+    assert kernel.library.name == build_decode_attention().name
     code = (
         "import torch; from sdd_plugin.generation.hf import kernel as k; before = k.openmp_runtimes(); "
         "assert k.decode_attention_kernel() is not None; print(sorted(before)); print(sorted(k.openmp_runtimes()))"

@@ -304,7 +304,9 @@ def test_synth_tasks_need_no_data_root(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-def test_evaluate_tiny_results_shape_and_cache(tiny_models, shared_data, tmp_path):
+def test_evaluate_tiny_results_shape_and_cache(tiny_models, shared_data, tmp_path, monkeypatch):
+    # results are keyed by model content: a fresh cache, so the first run really evaluates
+    monkeypatch.setenv("SDD_CACHE_DIR", str(tmp_path / "cache"))
     model = tiny_models("llama", 2)
     tasks = ["sdd_arc_easy", "sdd_winogrande", "sdd_synth_mc"]
     kw = dict(limit=3, num_fewshot={"sdd_winogrande": 1}, data_root=shared_data)
@@ -334,8 +336,9 @@ def test_evaluate_tiny_results_shape_and_cache(tiny_models, shared_data, tmp_pat
     }
 
 
-def test_evaluate_caches_per_task_and_settings(tiny_models, tmp_path):
+def test_evaluate_caches_per_task_and_settings(tiny_models, tmp_path, monkeypatch):
     """The cache half of ``test_evaluate_tiny_results_shape_and_cache`` (no data folder needed)."""
+    monkeypatch.setenv("SDD_CACHE_DIR", str(tmp_path / "cache"))
     model = tiny_models("llama", 3)
     first = evaluate(model, ["sdd_synth_mc"], limit=3, num_fewshot=1, out=tmp_path / "a")["tasks"]
     again = evaluate(model, ["sdd_synth_mc"], limit=3, num_fewshot=1, out=tmp_path / "b")["tasks"]

@@ -197,11 +197,21 @@ def test_cli_score(tiny_models, tmp_path, capsys):
     assert "| n | l* |" in (out / "score.md").read_text()
     printed = capsys.readouterr().out
     assert "| 1 |" in printed and "heatmap.png" in printed
-    assert cli.main(["score", "--model", str(src), "--metric", "nope", "--out", str(out)]) == 2
+    assert (
+        cli.main(["score", "--model", str(src), "--metric", "nope", "--out", str(tmp_path / "score2")]) == 2
+    )
     assert "unknown metric 'nope'" in capsys.readouterr().err
     assert (
         cli.main(
-            ["score", "--model", str(src), "--calibration", str(tmp_path / "x.jsonl"), "--out", str(out)]
+            [
+                "score",
+                "--model",
+                str(src),
+                "--calibration",
+                str(tmp_path / "x.jsonl"),
+                "--out",
+                str(tmp_path / "score3"),
+            ]
         )
         == 2
     )
