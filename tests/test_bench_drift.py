@@ -201,7 +201,12 @@ def test_quick_study_end_to_end(tmp_path, shared_data):
             for arm in ("sft", "sdd"):
                 assert list(entry["arms"][arm]) == steps
                 assert all(math.isfinite(r["kl"]) and r["kl"] > 0 for r in entry["arms"][arm].values())
-            assert entry["documents"] == {"instruct": 32, "wikitext": 32, "gsm8k": 32}[name]
+            docs = {
+                "instruct": preset.instruct_docs,
+                "wikitext": preset.wikitext_docs,
+                "gsm8k": preset.gsm8k_docs,
+            }
+            assert entry["documents"] == docs[name]
         orders = [results["training"][a]["order"]["order"] for a in ("sft", "sdd")]
         assert orders[0] == orders[1] and sorted(orders[0]) == list(range(preset.rows))
         assert results["plan"]["whole_rows"]["sft"] >= 0.95 or not results["plan"]["computed"]
