@@ -8,7 +8,6 @@ runs, the checkpoints the study does not measure (axolotl saves every ``gcd(chec
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -131,27 +130,10 @@ class CheckpointKeeper:
 
 def launch_full(recipe: dict, folder: Path) -> Path:
     """``axolotl train`` for a full fine-tune (:func:`axolotl_train` expects a LoRA adapter)."""
-    import sys
+    from .trainer import launch_axolotl
 
-    import yaml
-
-    from .trainer import _run_process_group
-
-    path = folder / "recipe.yml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
-    bindir = os.path.dirname(sys.executable)
-    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    exe = shutil.which("axolotl", path=bindir) or shutil.which("axolotl")
-    if exe is None:
-        raise FileNotFoundError("the `axolotl` command is missing: pip install 'sdd-plugin[axolotl]'")
-    logf = folder / "axolotl.log"
-    with open(logf, "w", encoding="utf-8") as f:
-        code = _run_process_group([exe, "train", str(path)], env=env, stdout=f)
+    logf = launch_axolotl(recipe, folder)
     out = Path(recipe["output_dir"])
-    if code != 0 or not (out / "config.json").is_file():
-        tail = "".join(logf.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
-        raise RuntimeError(
-            f"axolotl train failed (exit {code}) or wrote no model in {out}; see {logf}:\n{tail}"
-        )
+    if not (out / "config.json").is_file():
+        raise RuntimeError(f"axolotl finished but wrote no model in {out}; see {logf}")
     return out
