@@ -18,8 +18,9 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from .local_data import data_file
 
 __all__ = [
     "CHOICE_TASKS",
@@ -49,24 +50,10 @@ class ChoiceItem:
 # --------------------------------------------------------------------------------------- data
 
 
-def _data_path(path: str | os.PathLike | None, default: str) -> Path:
-    if path is None:
-        from .local_data import resolve_data_root
-
-        p = resolve_data_root() / default
-    else:
-        p = Path(path).expanduser()
-        if p.is_dir():
-            p = p / default
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist (expected the shared data layout: {default})")
-    return p
-
-
 def arc_easy_items(path: str | os.PathLike | None = None, limit: int | None = None) -> list[ChoiceItem]:
     """ARC-Easy test items in file order, prompted as ``sdd_arc_easy``: ``"Question: {stem}\\nAnswer:"``.
     ``path``: ``ARC-Easy-Test.jsonl`` or the data root."""
-    file = _data_path(path, "arc/ARC-Easy-Test.jsonl")
+    file = data_file(path, "arc/ARC-Easy-Test.jsonl")
     items = []
     with open(file, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -95,7 +82,7 @@ def hellaswag_items(path: str | os.PathLike | None = None, limit: int | None = N
     """HellaSwag validation items in order, from the preprocessed 6-lines-per-task text file
     (context, label, four endings), prompted as ``sdd_hellaswag``. ``path``: the ``.txt.gz`` or the
     data root."""
-    file = _data_path(path, "hellaswag/hellaswag_val_full.txt.gz")
+    file = data_file(path, "hellaswag/hellaswag_val_full.txt.gz")
     with gzip.open(file, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines()
     if len(lines) % 6:

@@ -15,8 +15,9 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
+
+from .local_data import data_file
 
 __all__ = [
     "DocScore",
@@ -359,20 +360,6 @@ def bits_per_byte(docs: Sequence[DocScore], reference: bool = False) -> float:
 # ---------------------------------------------------------------------------- held-out texts
 
 
-def _data_file(path: str | os.PathLike | None, default: str) -> Path:
-    if path is not None:
-        p = Path(path).expanduser()
-        if p.is_dir():
-            p = p / default
-    else:
-        from .local_data import resolve_data_root
-
-        p = resolve_data_root() / default
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} does not exist (expected the shared data layout: {default})")
-    return p
-
-
 def reference_answers(
     reference_model: str | os.PathLike,
     instructions: Sequence[str],
@@ -421,7 +408,7 @@ def wikitext_documents(
 
     if tokens_per_passage < 2:
         raise ValueError(f"tokens_per_passage must be >= 2, got {tokens_per_passage}")
-    pages = wikitext_pages(_data_file(path, "wikitext2/wiki.test.raw"))
+    pages = wikitext_pages(data_file(path, "wikitext2/wiki.test.raw"))
     if max_passages is not None:
         pages = pages[:max_passages]
     docs = []
@@ -443,7 +430,7 @@ def gsm8k_documents(
     or the data root."""
     from ..distill.stage import render_prompt
 
-    file = _data_file(path, "gsm8k/test.jsonl")
+    file = data_file(path, "gsm8k/test.jsonl")
     docs = []
     with open(file, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):

@@ -67,6 +67,20 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
     )
 
 
+def data_file(path: str | os.PathLike | None, default: str) -> Path:
+    """The file ``default`` (a path in the shared data layout) under ``path`` when that is a folder,
+    ``path`` itself when it is a file, or under the resolved data root when ``path`` is None."""
+    if path is None:
+        p = resolve_data_root() / default
+    else:
+        p = Path(path).expanduser()
+        if p.is_dir():
+            p = p / default
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist (expected the shared data layout: {default})")
+    return p
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     """The rows of a JSONL file exactly as written; ``ValueError`` naming the file and line.
 
