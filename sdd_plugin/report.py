@@ -214,6 +214,15 @@ def benchmark_results(run_dir: str | os.PathLike) -> dict | None:
     return data if is_recovery_results(data) else None
 
 
+def drift_results(run_dir: str | os.PathLike) -> dict | None:
+    """The forgetting-curve study's results when ``run_dir`` is its run folder, else None."""
+    path = Path(run_dir) / BENCHMARK_RESULTS
+    if not path.is_file():
+        return None
+    data = _load(path)
+    return data if isinstance(data, dict) and data.get("kind") == "drift" else None
+
+
 def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write ``REPORT.md`` (default ``run_dir/REPORT.md``) gathering a run's artifacts; returns its path."""
     root = Path(run_dir)
@@ -228,6 +237,12 @@ def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         from .bench.report_sections import render_recovery_report
 
         write_text_atomic(out_path, render_recovery_report(benchmark, root.resolve(), base))
+        return out_path
+    drift = drift_results(root)
+    if drift is not None:
+        from .bench.drift_report import render
+
+        write_text_atomic(out_path, render(drift))
         return out_path
     found = find_artifacts(root.resolve())
     lines = [

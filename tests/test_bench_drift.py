@@ -219,6 +219,12 @@ def test_quick_study_end_to_end(tmp_path, shared_data):
         )
         pruning = results["pruning"]
         assert pruning["num_layers_before"] - pruning["num_layers_after"] == preset.num_blocks
+        # `sdd report` on the study's folder writes the study's page, not the generic one
+        from sdd_plugin.report import build_report
+
+        page = (run_dir / "REPORT.md").read_text()
+        assert page.startswith("# Forgetting-curve study")
+        assert build_report(run_dir).read_text() == page
         assert pruning["pruned_shape"]["params"] < pruning["original_shape"]["params"]
     finally:
         shutil.rmtree(stage_root(run_dir.resolve()), ignore_errors=True)

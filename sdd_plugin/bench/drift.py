@@ -421,5 +421,7 @@ def run_drift(
         "wall_seconds": round(time.time() - t_start, 1),
     }
     results = write_report(raw, run_dir)
-    echo(f"report: {run_dir / 'REPORT.md'}")
+    from ..report import build_report
+
+    echo(f"report: {build_report(run_dir)}")
     return results

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..cache import write_json_atomic, write_text_atomic
+from ..cache import write_json_atomic
 from ..models import machine_summary
 
 #: display names of the measured document sets
@@ -501,9 +501,9 @@ def render(results: dict[str, Any]) -> str:
 
 
 def write_report(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Summarise ``raw``; write ``results.json``, ``curves.png`` and ``REPORT.md``; return the results."""
+    """Summarise ``raw``; write ``results.json`` and ``curves.png`` (``REPORT.md`` is rendered from
+    them by :func:`sdd_plugin.report.build_report`); return the results."""
     results = summarise(raw)
     plot_curves(results, run_dir / "curves.png")
     write_json_atomic(run_dir / "results.json", results)
-    write_text_atomic(run_dir / "REPORT.md", render(results))
     return results
