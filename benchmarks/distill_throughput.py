@@ -22,10 +22,19 @@ is generated FLOPs / (generated + prefill FLOPs), the best "fraction of matmul" 
 generated tokens; ``ceiling_speedup`` is the per-example baseline's time per token against that
 best-case engine time.
 
+``--backend hf,vllm,ray`` also times the other teacher backends on the same prompts and settings
+(the ``hf`` engine always runs: it is the reference) and prints each one's tokens/s and its ratio
+to ``hf``, with how many rows came out identical to ``hf``'s. ``vllm`` is timed after its engine
+started (``--backend-arg KEY=VALUE`` sets its engine options, as ``sdd distill`` does); ``ray``
+spreads the batches over ``--ray-workers`` local actors running ``--ray-backend`` (default
+``hf``) in batches of ``--ray-batch-size`` (default: ``--batch-size`` / workers, so that every actor
+gets a batch), timed from the call that starts its actor pool, so the actors' model loading is
+included.
+
 Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/distill_throughput.py --rows 64 --max-new-tokens 256 \\
-        [--baseline-rows 8] [--batch-size 64] [--json out.json]
+        [--baseline-rows 8] [--batch-size 64] [--backend hf,vllm,ray] [--json out.json]
 
 ``--baseline-rows`` times the per-example baseline on the first N of the prompts only (it is slow);
 its tokens/s is a rate, so the ratio stays comparable.
@@ -37,6 +46,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,6 +75,44 @@ def matmul_gflops(seconds: float = 2.0, dtype: str = "float32") -> float:
     return best
 
 
+BACKENDS = ("hf", "vllm", "ray")
+
+
+def parse_backends(text: str) -> list[str]:
+    """``"vllm,ray"`` -> ``["hf", "vllm", "ray"]``: known names, ``hf`` first (the reference)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise SystemExit(f"--backend: unknown {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    return ["hf"] + [n for n in dict.fromkeys(names) if n != "hf"]
+
+
+def time_backend(name: str, path: str, prompts: list[str], settings, args) -> dict:
+    """Generate ``prompts`` with backend ``name`` (``vllm`` or ``ray``): results, seconds, start-up."""
+    results: list = []
+    start = time.perf_counter()
+    if name == "vllm":
+        from sdd_plugin.generation.vllm_backend import VLLM_BACKEND as backend
+
+        backend.engine(path, settings)  # started (and compiled) outside the timing
+    else:
+        from sdd_plugin.generation.ray_runner import RayBackend
+
+        backend = RayBackend(args.ray_backend, workers=args.ray_workers)
+        backend.connect()
+    startup = time.perf_counter() - start
+    start = time.perf_counter()
+    backend.generate(path, prompts, settings, results.append, desc=name)
+    seconds = time.perf_counter() - start
+    if name == "vllm":
+        backend.close()
+    else:
+        import ray
+
+        ray.shutdown()
+    return {"results": sorted(results, key=lambda r: r.index), "seconds": seconds, "startup": startup}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -83,8 +131,23 @@ def main() -> None:
     parser.add_argument(
         "--prompt-lookup", type=int, default=None, help="draft tokens per step (default: the backend's)"
     )
+    parser.add_argument(
+        "--backend", default="hf", help="comma list of backends to time: hf, vllm, ray (hf always runs)"
+    )
+    parser.add_argument(
+        "--backend-arg", action="append", default=[], metavar="KEY=VALUE", help="a vllm engine option"
+    )
+    parser.add_argument("--ray-workers", type=int, default=2, help="Ray actors for --backend ray")
+    parser.add_argument("--ray-backend", default="hf", help="the backend the Ray actors run")
+    parser.add_argument(
+        "--ray-batch-size",
+        type=int,
+        default=None,
+        help="batch size on Ray (default: --batch-size / --ray-workers, so that every actor gets a batch)",
+    )
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
+    backends = parse_backends(args.backend)
 
     import torch
     from tqdm.auto import tqdm
@@ -97,6 +160,7 @@ def main() -> None:
     from sdd_plugin.models import machine_summary, resolve_model
     from sdd_plugin.plugins import get_template
 
+    load_start = os.getloadavg()  # another job on the machine shows here
     rows = load_rows(args.data, "gsm8k", limit=args.rows)
     examples = read_examples(rows, "gsm8k", args.data)
     settings = GenerationSettings(
@@ -136,6 +200,29 @@ def main() -> None:
     engine_tokens = sum(r.num_tokens for r in results)
     mm_after = matmul_gflops(dtype=args.dtype)
 
+    # the other backends on the same prompts and settings
+    compared = {}
+    hf_texts = [r.text for r in sorted(results, key=lambda r: r.index)]
+    for name in backends[1:]:
+        from sdd_plugin.generation.backend_args import pairs_to_dict, parse_backend_args
+
+        extra, batch_size = dict(settings.extra), settings.batch_size
+        if name == "vllm":
+            extra.update(parse_backend_args("vllm", pairs_to_dict(args.backend_arg)))
+        else:
+            batch_size = args.ray_batch_size or max(1, settings.batch_size // args.ray_workers)
+        run = time_backend(name, path, prompts, replace(settings, extra=extra, batch_size=batch_size), args)
+        tokens = sum(r.num_tokens for r in run["results"])
+        compared[name] = {
+            "tokens": tokens,
+            "seconds": round(run["seconds"], 2),
+            "startup_seconds": round(run["startup"], 2),
+            "tokens_per_s": round(tokens / run["seconds"], 2),
+            "vs_hf": round(tokens / run["seconds"] / (engine_tokens / engine_s), 2),
+            "rows_same_as_hf": sum(r.text == t for r, t in zip(run["results"], hf_texts)),
+            "batch_size": batch_size,
+        }
+
     # per-example model.generate on (a prefix of) the same prompts
     n_base = min(args.baseline_rows or len(prompts), len(prompts))
     eos = stop_token_ids(tok, model.generation_config)
@@ -169,6 +256,7 @@ def main() -> None:
     best_engine_s = (gen_flops + prefill_flops) / (matmul * 1e9)
     res = {
         "machine": machine_summary(),
+        "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
         "model": args.model,
         "params": params,
         "dtype": args.dtype,
@@ -208,7 +296,28 @@ def main() -> None:
             "met": res["engine_fraction_incl_prefill"] >= 0.5,
         },
     }
+    res["backends"] = {
+        "hf": {
+            "tokens": engine_tokens,
+            "seconds": round(engine_s, 2),
+            "tokens_per_s": round(engine_tps, 2),
+            "vs_hf": 1.0,
+            "rows_same_as_hf": len(prompts),
+            "batch_size": settings.batch_size,
+        },
+        **compared,
+    }
+    if "ray" in compared:
+        res["backends"]["ray"].update(workers=args.ray_workers, actors_run=args.ray_backend)
     print(json.dumps(res, indent=2))
+    if compared:
+        print("| backend | batch | tokens | seconds | tokens/s | vs hf | rows identical to hf |")
+        print("|---|---|---|---|---|---|---|")
+        for name, b in res["backends"].items():
+            print(
+                f"| {name} | {b['batch_size']} | {b['tokens']} | {b['seconds']} | {b['tokens_per_s']} | "
+                f"{b['vs_hf']:.2f}x | {b['rows_same_as_hf']}/{len(prompts)} |"
+            )
     verdict = {True: "met", False: "NOT met"}
     print(
         f"speedup vs per-example generate: {res['speedup']:.2f}x (target >= 10: "

@@ -282,7 +282,7 @@ def test_kd_recipes_differ_from_their_sdd_recipes_only_in_the_kd_switch():
     kd_keys = {"plugins", "sdd_kd", "sdd_kd_top_k", "kd_trainer", "kd_alpha", "kd_ce_alpha", "kd_temperature"}
     for sdd_name, kd_name, extra in (
         ("smollm2-135m-sdd-gsm8k-cpu.yml", KD_RECIPE.name, set()),
-        ("llama-3.1-8b-instruct-sdd.yml", "llama-3.1-8b-instruct-sdd-kd.yml", {"sdd_distill_backend"}),
+        ("llama-3.1-8b-instruct-sdd.yml", "llama-3.1-8b-instruct-sdd-kd.yml", set()),
     ):
         sdd, kd = load_recipe(REPO / "recipes" / sdd_name), load_recipe(REPO / "recipes" / kd_name)
         diff = {k for k in set(sdd) | set(kd) if sdd.get(k) != kd.get(k)}

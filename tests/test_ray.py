@@ -166,3 +166,28 @@ def test_a_killed_ray_worker_loses_and_duplicates_no_row(tmp_path, default_model
     assert len(keys) == len(set(keys)) == N_ROWS  # no row lost, none written twice
     if first_run_ok:  # nothing was left to do
         assert report["cached_rows"] == N_ROWS
+
+
+@pytest.mark.slow
+def test_ray_carries_top_logprobs_unchanged(tiny_models, local_ray):
+    """Top-k log-probs (KD) through 2 Ray workers on a tiny model: the single-process hf results."""
+    from sdd_plugin.generation.hf.backend import HFBackend
+
+    path = str(tiny_models("llama"))
+    prompts = [f"Question {i}: what comes next?" + " More words." * i for i in range(6)]
+    settings = GenerationSettings(max_new_tokens=8, batch_size=2, extra={"logprobs_top_k": 3})
+    single, spread = [], []
+    HFBackend().generate(path, prompts, settings, single.append, show_progress=False)
+    RayBackend("hf", workers=2).generate(path, prompts, settings, spread.append, show_progress=False)
+    single.sort(key=lambda r: r.index)
+    spread.sort(key=lambda r: r.index)
+    assert [r.index for r in spread] == list(range(len(prompts)))
+    for a, b in zip(spread, single):
+        assert (a.text, a.num_tokens, a.finished) == (b.text, b.num_tokens, b.finished)
+        assert a.logprobs is not None and b.logprobs is not None
+        assert a.logprobs.token_ids == b.logprobs.token_ids and a.logprobs.top_ids == b.logprobs.top_ids
+        assert len(a.logprobs.top_ids) == a.num_tokens and all(len(ids) == 3 for ids in a.logprobs.top_ids)
+        diff = max(
+            abs(x - y) for u, v in zip(a.logprobs.top_logprobs, b.logprobs.top_logprobs) for x, y in zip(u, v)
+        )
+        assert diff < 1e-5

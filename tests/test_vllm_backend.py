@@ -55,6 +55,80 @@ def test_engine_settings():
     assert row_seed(0, "a") == row_seed(0, "a") != row_seed(1, "a") != row_seed(0, "b")
 
 
+def test_backend_args_are_checked_before_any_weights_load(tmp_path, capsys, monkeypatch):
+    """``sdd distill --backend-arg`` and the recipe key ``sdd_distill_backend_args``: an unknown option
+    or a bad value is a clear error naming it (exit 2, nothing loaded, nothing written); a good
+    one lands in ``settings.extra``; engine sizes stay out of the cache keys."""
+    from sdd_plugin.axolotl.args import RecipeKeyError, parse_sdd_args
+    from sdd_plugin.axolotl.recipe import distilled_path, generation_settings_dict
+    from sdd_plugin.cli import main
+    from sdd_plugin.generation.backend_args import output_settings, pairs_to_dict, parse_backend_args
+
+    monkeypatch.setenv("SDD_CACHE_DIR", str(tmp_path / "cache"))
+    data = _write_data(tmp_path / "data.jsonl")
+    base = [
+        "distill",
+        "--teacher",
+        "/nowhere",
+        "--data",
+        str(data),
+        "--format",
+        "alpaca",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    for args, needle in (
+        (
+            ["--backend", "vllm", "--backend-arg", "enforce_eagr=true"],
+            "enforce_eagr: not an option of the vllm backend; did you mean 'enforce_eager'",
+        ),
+        (
+            ["--backend", "vllm", "--backend-arg", "tensor_parallel_size=0"],
+            "tensor_parallel_size: Input should be greater than or equal to 1",
+        ),
+        (
+            ["--backend", "hf", "--backend-arg", "enforce_eager=true"],
+            "enforce_eager: not an option of the hf backend",
+        ),
+        (["--backend", "vllm", "--backend-arg", "dtype=bfloat16"], "dtype: set it with --dtype"),
+        (["--backend", "vllm", "--backend-arg", "eager"], "expected KEY=VALUE"),
+    ):
+        assert main(base + args) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+    extra = parse_backend_args(
+        "vllm", pairs_to_dict(["enforce_eager=true", "kv_cache_gib=0.5", "vllm_args={max_num_seqs: 8}"])
+    )
+    assert extra == {"enforce_eager": True, "kv_cache_gib": 0.5, "vllm_args": {"max_num_seqs": 8}}
+    assert parse_backend_args("auto", {"prompt_lookup": 0, "enforce_eager": True}) == {
+        "prompt_lookup": 0,
+        "enforce_eager": True,
+    }
+
+    with pytest.raises(RecipeKeyError, match="sdd_distill_backend_args: max_model_lenn: not an option"):
+        parse_sdd_args({"sdd_distill_backend": "vllm", "sdd_distill_backend_args": {"max_model_lenn": 4096}})
+    args = parse_sdd_args(
+        {"sdd_distill_backend": "vllm", "sdd_distill_backend_args": {"enforce_eager": True}}
+    )
+    assert generation_settings_dict(args)["extra"] == {"enforce_eager": True}
+    # a smaller KV cache or memory share (after an out-of-memory error) keeps the cache keys
+    sized = parse_sdd_args(
+        {
+            "sdd_distill_backend": "vllm",
+            "sdd_distill_backend_args": {"enforce_eager": True, "gpu_memory_utilization": 0.5},
+        }
+    )
+    entry = {"path": str(data), "type": "alpaca"}
+    assert distilled_path(entry, "t", "alpaca", sized) == distilled_path(entry, "t", "alpaca", args)
+    assert output_settings(generation_settings_dict(sized)) == generation_settings_dict(args)
+    eager_off = parse_sdd_args(
+        {"sdd_distill_backend": "vllm", "sdd_distill_backend_args": {"enforce_eager": False}}
+    )
+    assert distilled_path(entry, "t", "alpaca", eager_off) != distilled_path(entry, "t", "alpaca", args)
+
+
 def _write_data(path: Path) -> Path:
     rows = [
         {"instruction": f"Name {i + 2} fruits." + " Explain why." * (i % 3), "input": "", "output": f"{i}."}
@@ -184,3 +258,112 @@ def test_sigkill_then_resume_matches_uninterrupted_run(clean, default_model, tmp
     # an uninterrupted batch_size=1 run in a fresh cache: the same bytes
     clean_one = _distill(default_model, data, tmp_path / "clean-1", tmp_path / "cache-1", batch_size=1)
     assert (out / "distilled.jsonl").read_bytes() == clean_one.output_path.read_bytes()
+
+
+# ------------------------------------------------------------------------ top-k log-probs (KD)
+
+
+@pytest.fixture(scope="module")
+def engine_closed():
+    """Stops the vLLM engine (kept per process) after this module's tests."""
+    yield
+    VLLM_BACKEND.close()
+
+
+CHAT_ROWS = [
+    {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+    for q, a in [
+        ("What is the capital of France?", "The capital of France is Paris."),
+        ("Name a primary colour.", "Red is a primary colour."),
+        ("What is 2 + 3?", "2 + 3 = 5."),
+    ]
+]
+
+
+def test_vllm_top_k_maps_ranks_and_drops_the_sampled_token_outside_the_top_k():
+    from vllm.logprobs import Logprob
+
+    from sdd_plugin.generation.vllm_backend import token_logprobs, top_of_position
+
+    # vLLM: the sampled token (rank 7 here) first, then the top-k by rank
+    position = {9: Logprob(-3.0, 7), 4: Logprob(-0.5, 1), 8: Logprob(-2.0, 3), 5: Logprob(-1.0, 2)}
+    assert top_of_position(position, 3) == ([4, 5, 8], [-0.5, -1.0, -2.0])
+    sampled_in_top = {5: Logprob(-1.0, 2), 4: Logprob(-0.5, 1)}
+    assert top_of_position(sampled_in_top, 2) == ([4, 5], [-0.5, -1.0])
+    lp = token_logprobs([9, 5], [position, sampled_in_top, position], 2)
+    assert lp.token_ids == [9, 5] and lp.top_ids == [[4, 5], [4, 5]]  # only the counted tokens
+    with pytest.raises(RuntimeError, match="1 of 2 tokens"):
+        token_logprobs([9, 5], [position], 2)
+    kwargs = engine_kwargs("/m", GenerationSettings(extra={"logprobs_top_k": 32}))
+    assert kwargs["max_logprobs"] == 32  # above vLLM's default limit of 20
+    assert "max_logprobs" not in engine_kwargs("/m", GenerationSettings(extra={"logprobs_top_k": 20}))
+
+
+@pytest.mark.slow
+def test_top_logprobs_agree_with_the_hf_backend(default_model, engine_closed):
+    """Greedy, fp32, the default model: at every token both backends generate alike, vLLM's top-k
+    ids are hf's and the log-probs agree within 1e-2; the EOS that ends a row is included."""
+    from sdd_plugin.distill.templates import render_prompt
+    from sdd_plugin.generation.hf.backend import HFBackend
+    from sdd_plugin.models import load_tokenizer
+
+    k = 5
+    tok = load_tokenizer(default_model)
+    prompts = [render_prompt(tok, row["messages"][:1]) for row in CHAT_ROWS]
+    results: dict[str, dict] = {"vllm": {}, "hf": {}}
+    for name, backend, extra in (("vllm", VLLM_BACKEND, ENGINE), ("hf", HFBackend(), {})):
+        settings = GenerationSettings(max_new_tokens=12, batch_size=3, extra={**extra, "logprobs_top_k": k})
+        backend.generate(
+            str(default_model), prompts, settings, lambda r, got=results[name]: got.__setitem__(r.index, r)
+        )
+    compared = 0
+    for i in range(len(prompts)):
+        v, h = results["vllm"][i], results["hf"][i]
+        lp = v.logprobs
+        assert lp is not None and len(lp.token_ids) == v.num_tokens == len(lp.top_ids) == len(lp.top_logprobs)
+        assert all(len(ids) == k for ids in lp.top_ids)
+        assert all(a >= b for values in lp.top_logprobs for a, b in zip(values, values[1:]))
+        same = next((j for j, (a, b) in enumerate(zip(lp.token_ids, h.logprobs.token_ids)) if a != b), None)
+        n = min(len(lp.token_ids), len(h.logprobs.token_ids)) if same is None else same
+        assert n >= 4, (i, lp.token_ids, h.logprobs.token_ids)
+        for j in range(n):
+            assert lp.top_ids[j] == h.logprobs.top_ids[j], (i, j)
+            diff = max(abs(a - b) for a, b in zip(lp.top_logprobs[j], h.logprobs.top_logprobs[j]))
+            assert diff < 1e-2, (i, j, diff)
+            compared += 1
+    assert compared >= 12
+
+
+@pytest.mark.slow
+def test_kd_set_from_the_vllm_backend_matches_the_hf_one(tmp_path, default_model, engine_closed):
+    """``distill_dataset(kd_top_k=...)`` with ``backend="vllm"`` writes the KD set of the hf
+    backend: where both wrote the same rewrite, the same target ids, log-probs within 1e-2."""
+    k = 4
+    results = {}
+    for name, extra in (("vllm", ENGINE), ("hf", {})):
+        results[name] = distill_dataset(
+            teacher=default_model,
+            data=CHAT_ROWS,
+            format="messages",
+            out=tmp_path / name,
+            settings=GenerationSettings(max_new_tokens=12, batch_size=3, extra=extra),
+            backend=name,
+            cache_dir=tmp_path / "cache",
+            measure_nll=False,
+            show_progress=False,
+            allow_truncated=True,
+            kd_top_k=k,
+        )
+    assert results["vllm"].report["backend"] == "vllm" and results["vllm"].report["kd"]["rows"] == len(
+        CHAT_ROWS
+    )
+    kd = {
+        name: [json.loads(line) for line in r.kd_path.read_text().splitlines()] for name, r in results.items()
+    }
+    same = [(v, h) for v, h in zip(kd["vllm"], kd["hf"]) if v["messages"] == h["messages"]]
+    assert len(same) >= 2
+    for v, h in same:
+        assert v["target_token_ids"] == h["target_token_ids"]
+        assert all(len(ids) == k for ids in v["target_token_ids"])
+        diff = max(abs(a - b) for x, y in zip(v["logprobs"], h["logprobs"]) for a, b in zip(x, y))
+        assert diff < 1e-2

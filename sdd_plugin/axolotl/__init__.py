@@ -20,6 +20,8 @@ Flow (hooks in the order axolotl calls them):
 2. ``load_datasets(cfg)`` (train / preprocess, before tokenization): each ``datasets:`` entry is
    rewritten by the teacher into a content-hashed jsonl (reused when it exists) and the entry is
    pointed at it; axolotl then tokenizes and caches it like any local dataset.
+   A ``base_model`` that ``sdd prune`` wrote and a dataset that ``sdd distill`` wrote are used as
+   they are (:mod:`.prebuilt`): a multi-node job prunes and distils once, before the launch.
 3. ``post_model_build``: checks the model axolotl built has the pruned number of blocks.
 4. ``post_train_unload``: records the finished run in ``<output_dir>/sdd_run.json``.
 

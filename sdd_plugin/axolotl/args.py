@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 #: Prefix of every key this plugin owns.
 PREFIX = "sdd_"
@@ -62,6 +62,11 @@ class SDDArgs(BaseModel):
     sdd_distill_checker: str | None = Field(None, description="answer checker (null = chosen by template)")
     sdd_distill_backend: str = Field(
         "auto", description="teacher generation backend (auto: vllm on CUDA when installed, else hf)"
+    )
+    sdd_distill_backend_args: dict[str, Any] | None = Field(
+        None,
+        description="engine options of the backend, e.g. {enforce_eager: true, tensor_parallel_size: 2, "
+        "gpu_memory_utilization: 0.85, max_model_len: 4096} for vllm (README: Backends)",
     )
     sdd_distill_ray: bool | str = Field(
         False, description="spread teacher generation over Ray (true: start Ray here; or a cluster address)"
@@ -123,6 +128,16 @@ class SDDArgs(BaseModel):
     @classmethod
     def _backend(cls, v: str) -> str:
         return v if v == "auto" else _check_registered("backend", v, "sdd_distill_backend")
+
+    @field_validator("sdd_distill_backend_args")
+    @classmethod
+    def _backend_args(cls, v: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        backend = info.data.get("sdd_distill_backend")
+        if not v or backend is None:  # a bad backend name has its own error
+            return v
+        from ..generation.backend_args import parse_backend_args
+
+        return parse_backend_args(backend, v, where="")
 
 
 #: Every key this plugin accepts (all user-facing; what the plugin records for itself is not a key).

@@ -23,9 +23,11 @@ from axolotl.utils.dict import DictDefault
 from ..cache import cached_artifact, write_json_atomic
 from ..checkpoints import drop_incomplete_checkpoints, pruned_base
 from ..distill.kd import AXOLOTL_KD_TYPE, KD_NAME, LOGPROBS_FIELD
+from ..generation.selection import release_backends
 from ..prune.stage import PruneResult, load_prune_result
 from . import MANIFEST
 from .args import KNOWN_KEYS, RecipeKeyError, SDDArgs, parse_sdd_args
+from .prebuilt import pre_distilled, pre_pruned, pruned_source
 from .recipe import (
     PLUGIN_PATH,
     dataset_format,
@@ -130,6 +132,18 @@ class SelfDistillationPlugin(BasePlugin):
         base = cfg.get("base_model")
         base_path = resolve_recipe(cfg, args)
         _axolotl_validate(cfg)  # fail on a bad recipe now, not after pruning loaded the weights
+        _check_teacher_here(cfg, args)
+        done = pre_pruned(base_path)
+        if done is not None:  # `sdd prune` (or an earlier job) pruned it: every rank only reads it
+            self._set_pruned(cfg, (), done, pruned_source(done) or base_path, 0.0)
+            self.state.prune["pre_pruned"] = True
+            log.info(
+                "sdd-plugin: base_model %s is pruned already (blocks %s removed from %s): training it as it is",
+                base_path,
+                done.removed_blocks,
+                pruned_source(done),
+            )
+            return
         if not args.sdd_prune:
             self.state.prune = {"enabled": False, "model": base_path}
             return
@@ -195,23 +209,48 @@ class SelfDistillationPlugin(BasePlugin):
 
     # -------------------------------------------------------------------------- load_datasets
     def load_datasets(self, cfg: DictDefault, preprocess: bool = False):
-        """Rewrite every ``datasets:`` entry with the teacher, then let axolotl load them (returns None)."""
+        """Rewrite every ``datasets:`` entry with the teacher, then let axolotl load them (returns None).
+
+        An entry that is a set ``sdd distill`` wrote already is loaded as it is (never rewritten
+        twice), with or without ``sdd_distill``."""
         args = _args_from_cfg(cfg)
+        _cpu_ranks_device_map(cfg)
         if args.sdd_distill:
             self._distill(cfg, args)
         else:
-            self.state.distill = {"enabled": False, "datasets": []}
+            ready = [_pre_distilled_entry(e, i, args) for i, e in enumerate(cfg.get("datasets") or [])]
+            self.state.distill = {
+                "enabled": False,
+                "datasets": [info for _, info in ready if info is not None],
+            }
+            cfg["datasets"] = [entry for entry, _ in ready]
         self._write_manifest(cfg, stage="datasets")
         return None
 
     def _distill(self, cfg: DictDefault, args: SDDArgs) -> None:
         teacher = cfg.get("sdd_teacher") or self.state.pruned_from or cfg.get("base_model")
         entries = list(cfg.get("datasets") or [])
-        formats = [dataset_format(entry, i) for i, entry in enumerate(entries)]  # all errors before any work
-        if args.sdd_kd:
+        ready = [_pre_distilled_entry(entry, i, args) for i, entry in enumerate(entries)]
+        # all errors before any work
+        formats = [
+            None if r[1] else dataset_format(entry, i) for i, (entry, r) in enumerate(zip(entries, ready))
+        ]
+        if args.sdd_kd and any(fmt is not None for fmt in formats):
             _check_kd_tokenizer(cfg, teacher)
+        ranks = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if ranks > 1 and any(fmt is not None for fmt in formats):
+            log.warning(
+                "sdd-plugin: distilling inside a %d-process launch: one rank distils, the others wait for it. "
+                "Distil once before the launch instead (`axolotl preprocess <recipe>` or `sdd distill`; "
+                "README: multi-GPU and multi-node)",
+                ranks,
+            )
         new_entries, infos = [], []
         for i, (entry, fmt) in enumerate(zip(entries, formats)):
+            if fmt is None:  # distilled before this job (`sdd distill`): read as it is
+                new_entries.append(ready[i][0])
+                infos.append(ready[i][1])
+                continue
             out = distilled_path(entry, teacher, fmt, args)
             t0 = time.time()
             report, reused = _distill_entry(entry, fmt, out, teacher, args)
@@ -250,6 +289,8 @@ class SelfDistillationPlugin(BasePlugin):
             )
         cfg["datasets"] = new_entries
         self.state.distill = {"enabled": True, "teacher": teacher, "datasets": infos}
+        if not all(info.get("reused") for info in infos):
+            release_backends()  # the teacher (a vLLM engine: its GPU memory) is not needed for training
 
     # ------------------------------------------------------------------------------ checks
     def post_model_build(self, cfg: DictDefault, model) -> None:
@@ -380,6 +421,77 @@ def _distill_entry(
     markers = (REPORT_NAME, out.name, *([KD_NAME] if args.sdd_kd else []))
     artifact = cached_artifact(out.parent, build, marker=markers, in_place=True)
     return (reports[0] if reports else _read_json(out.parent / REPORT_NAME)), artifact.reused
+
+
+def _cpu_ranks_device_map(cfg: Any) -> None:
+    """Several processes on a CPU-only machine (``accelerate launch --multi_gpu`` with
+    ``ACCELERATE_USE_CPU=true``: gloo): axolotl 0.19 maps each rank's model to accelerator index
+    ``LOCAL_RANK``, which does not exist there; map it to the CPU instead. (``load_datasets`` is
+    the last hook before the model loads that sees the normalised cfg.)"""
+    import torch
+
+    device_map = cfg.get("device_map")
+    multi = int(cfg.get("world_size") or 1) > 1
+    if multi and str(cfg.get("device")) == "cpu" and not torch.cuda.is_available():
+        if isinstance(device_map, dict) and all(isinstance(v, int) for v in device_map.values()):
+            cfg["device_map"] = {"": "cpu"}
+            log.info(
+                "sdd-plugin: %d processes on a CPU-only machine: device_map -> cpu", cfg.get("world_size")
+            )
+
+
+def _pre_distilled_entry(entry: Any, index: int, args: SDDArgs) -> tuple[Any, dict[str, Any] | None]:
+    """``(entry, info)``: for a set ``sdd distill`` wrote, the entry pointed at its rows (with
+    ``sdd_kd``: at its KD set, read by axolotl's KD type) and what ``sdd_run.json`` records; for any
+    other entry, ``(entry, None)``."""
+    ready = pre_distilled(entry.get("path"))
+    if ready is None:
+        return entry, None
+    data = entry.to_dict() if hasattr(entry, "to_dict") else dict(entry)
+    data.update(path=str(ready.rows), ds_type="json", data_files=None, name=None, revision=None)
+    if args.sdd_kd:
+        if ready.kd is None:
+            raise ValueError(
+                f"datasets[{index}]: {entry.get('path')} was distilled without the teacher's log-probs; "
+                "sdd_kd needs its kd.jsonl (sdd distill --kd-top-k 20)"
+            )
+        data.update(
+            path=str(ready.kd), type=AXOLOTL_KD_TYPE, field_messages="messages", logprobs_field=LOGPROBS_FIELD
+        )
+    info = {
+        "index": index,
+        "source": str(entry.get("path")),
+        "type": entry.get("type"),
+        "path": data["path"],
+        "reused": True,
+        "pre_distilled": True,
+        "report": _summary(ready.report),
+    }
+    log.info(
+        "sdd-plugin: datasets[%d] %s was distilled before this job (teacher %s): read as it is",
+        index,
+        data["path"],
+        ready.report.get("teacher"),
+    )
+    return DictDefault(data), info
+
+
+def _check_teacher_here(cfg: Any, args: SDDArgs) -> None:
+    """When a dataset is still to be distilled, the teacher must be on this machine: a
+    ``base_model`` pruned elsewhere names an unpruned source that may not be (fail before work)."""
+    if not args.sdd_distill or args.sdd_teacher:
+        return
+    done = pre_pruned(cfg.get("base_model"))
+    teacher = str(cfg.get("sdd_teacher") or "")
+    if done is None or not Path(teacher).is_absolute() or Path(teacher).exists():
+        return
+    todo = [i for i, e in enumerate(cfg.get("datasets") or []) if pre_distilled(e.get("path")) is None]
+    if todo:
+        raise ValueError(
+            f"sdd_teacher: base_model {cfg.get('base_model')} was pruned from {teacher}, which is not on "
+            f"this machine, and datasets {todo} are still to be distilled; set sdd_teacher to the unpruned "
+            "model, or point those datasets at sets `sdd distill` wrote (README: multi-GPU and multi-node)"
+        )
 
 
 def _check_kd_tokenizer(cfg: Any, teacher: str) -> None:

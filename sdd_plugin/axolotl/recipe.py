@@ -28,8 +28,10 @@ from urllib.parse import parse_qsl, urlparse
 
 from ..cache import cache_dir, fingerprint, stable_hash
 from ..data.sources import looks_local
+from ..generation.backend_args import output_settings
 from ..generation.selection import resolve_backend_name
 from .args import SDDArgs, parse_sdd_args
+from .prebuilt import pre_distilled, pre_pruned, pruned_source
 
 if TYPE_CHECKING:
     from ..prune.stage import PruneResult
@@ -217,7 +219,7 @@ def distilled_path(
         "template": args.sdd_distill_template,
         "checker": args.sdd_distill_checker,
         "backend": resolve_backend_name(args.sdd_distill_backend),
-        "settings": generation_settings_dict(args),
+        "settings": output_settings(generation_settings_dict(args)),
         "limit": args.sdd_distill_limit,
         **({"retries": args.sdd_distill_retries} if args.sdd_distill_retries else {}),
         **({"kd_top_k": args.sdd_kd_top_k} if args.sdd_kd else {}),
@@ -229,6 +231,8 @@ def distilled_path(
 
 def generation_settings_dict(args: SDDArgs) -> dict[str, Any]:
     """The teacher generation settings of a recipe (keys of :class:`GenerationSettings`)."""
+    extra = {"dtype": args.sdd_distill_dtype} if args.sdd_distill_dtype != "float32" else {}
+    extra.update(args.sdd_distill_backend_args or {})
     return {
         "max_new_tokens": args.sdd_distill_max_new_tokens,
         "batch_size": args.sdd_distill_batch_size,
@@ -236,8 +240,9 @@ def generation_settings_dict(args: SDDArgs) -> dict[str, Any]:
         "temperature": args.sdd_distill_temperature,
         "top_p": args.sdd_distill_top_p,
         "seed": args.sdd_distill_seed,
-        # only a non-default dtype enters the dict (and so the cache keys): float32 keys stay valid
-        **({"extra": {"dtype": args.sdd_distill_dtype}} if args.sdd_distill_dtype != "float32" else {}),
+        # only a non-default dtype and backend options enter the dict (and so the cache keys):
+        # the keys of recipes without them stay valid
+        **({"extra": extra} if extra else {}),
     }
 
 
@@ -356,8 +361,9 @@ def resolve_recipe(cfg: MutableMapping[str, Any], args: SDDArgs) -> str:
 
     Embedded model names (``smollm2-135m-instruct``) in ``base_model``, ``base_model_config``,
     ``tokenizer_config`` and ``sdd_teacher`` become local folders (``base_model`` also when it is
-    to be pruned); ``sdd_teacher`` defaults to the unpruned ``base_model``; the prune settings are
-    checked against the model's block count; ``sdd://`` paths in ``datasets``/``test_datasets``
+    to be pruned); ``sdd_teacher`` defaults to the unpruned ``base_model`` (for a ``base_model``
+    that ``sdd prune`` wrote: the model it was pruned from); the prune settings are checked
+    against the model's block count; ``sdd://`` paths in ``datasets``/``test_datasets``
     become cached jsonl files. Errors name the key, before any weights load.
     """
     from ..models import EMBEDDED_MODELS, resolve_model
@@ -371,10 +377,11 @@ def resolve_recipe(cfg: MutableMapping[str, Any], args: SDDArgs) -> str:
     for key in ("base_model_config", "tokenizer_config"):
         if cfg.get(key) is not None and str(cfg.get(key)) in EMBEDDED_MODELS:
             cfg[key] = str(resolve_model(cfg.get(key)))
-    teacher = args.sdd_teacher or base_path
+    done = pre_pruned(base_path)  # pruned already: trained as it is, its unpruned source teaches
+    teacher = args.sdd_teacher or (done is not None and pruned_source(done)) or base_path
     if str(teacher) in EMBEDDED_MODELS:
         teacher = str(resolve_model(teacher))
-    if args.sdd_prune:
+    if args.sdd_prune and done is None:
         check_prune_range(args, num_layers(base_path))
     for list_key in ("datasets", "test_datasets"):
         for entry in cfg.get(list_key) or []:
@@ -423,8 +430,9 @@ def prepared_prune(cfg: Mapping[str, Any], args: SDDArgs) -> PruneResult | None:
 def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
     """What the plugin would do with a raw recipe, without loading weights.
 
-    Returns ``{"args", "base_model", "base_model_path", "layers", "prune", "teacher", "datasets",
-    "problems", "warnings"}``; problems are strings (an empty list = the recipe is fine).
+    Returns ``{"args", "base_model", "base_model_path", "layers", "pre_pruned", "prune", "teacher",
+    "datasets", "problems", "warnings"}``; problems are strings (an empty list = the recipe is fine).
+    A dataset that ``sdd distill`` wrote has ``pre_distilled`` (the file axolotl will read).
     """
     problems: list[str] = []
     warnings: list[str] = []
@@ -460,7 +468,14 @@ def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
                 problems.append(f"base_model: cannot read config.json of {base!r} from the hub: {exc}")
     out["base_model_path"] = str(base_path) if base_path else None
     out["layers"] = layers
-    if args.sdd_prune:
+    done = pre_pruned(base_path) if base_path else None
+    out["pre_pruned"] = done is not None
+    if done is not None:
+        out["prune"] = (
+            f"none: base_model is pruned already (blocks {done.removed_blocks} removed from "
+            f"{pruned_source(done)}; {done.num_layers_after} blocks), trained as it is"
+        )
+    elif args.sdd_prune:
         try:
             check_prune_range(args, layers)
         except ValueError as exc:
@@ -474,7 +489,11 @@ def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
         out["prune"] = f"remove {where}; blocks {layers or '?'}{after}"
     else:
         out["prune"] = "off (train the unpruned model)"
-    teacher = args.sdd_teacher or (str(base_path) if base_path else base)
+    teacher = (
+        args.sdd_teacher
+        or (done is not None and pruned_source(done))
+        or (str(base_path) if base_path else base)
+    )
     out["teacher"] = f"{teacher} (unpruned base_model)" if not args.sdd_teacher else teacher
     datasets = raw.get("datasets") or []
     if not isinstance(datasets, list) or not datasets:
@@ -493,7 +512,14 @@ def plan(raw: dict[str, Any], resolve: bool = True) -> dict[str, Any]:
                 problems.append(str(exc))
         elif looks_local(path) and not Path(path).expanduser().exists():
             problems.append(f"datasets[{i}]: data file {path} does not exist")
-        if args.sdd_distill:
+        ready = pre_distilled(info.get("resolved") or path)
+        if ready is not None:
+            info["pre_distilled"] = str(ready.kd if args.sdd_kd and ready.kd else ready.rows)
+            if args.sdd_kd and ready.kd is None:
+                problems.append(
+                    f"datasets[{i}]: {path} was distilled without KD log-probs (sdd distill --kd-top-k)"
+                )
+        elif args.sdd_distill:
             try:
                 info["format"] = dataset_format(entry, i)
             except ValueError as exc:

@@ -136,7 +136,7 @@ def _mark_impossible_pruning(result: dict[str, Any]) -> None:
     from ..axolotl.recipe import check_prune_range
 
     args, layers = result.get("args"), result.get("layers")
-    if args is None or not args.sdd_prune or not layers or "prune" not in result:
+    if args is None or not args.sdd_prune or not layers or "prune" not in result or result.get("pre_pruned"):
         return
     try:
         check_prune_range(args, layers)
@@ -172,6 +172,8 @@ def _print(result: dict[str, Any], path: str) -> None:
     for d in result.get("datasets", []):
         fmt = f" -> format {d['format']}" if d.get("format") else ""
         res = f" ({d['resolved']})" if d.get("resolved") else ""
+        if d.get("pre_distilled"):
+            fmt = f" -> distilled already, read as it is: {d['pre_distilled']}"
         print(f"dataset[{d['index']}]  {d['path']}{res} type {d['type']}{fmt}")
     for w in result.get("warnings", []):
         print(f"warning     {w}")

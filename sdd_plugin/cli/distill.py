@@ -43,6 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ray-workers", type=int, default=None, help="Ray actors (default: per GPU / node)")
     parser.add_argument(
+        "--backend-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a backend engine option, repeatable; vllm: enforce_eager, tensor_parallel_size, kv_cache_gib, "
+        "gpu_memory_utilization, max_model_len, vllm_args; hf: prompt_lookup, engine, attention, device, "
+        "cache_implementation (README: Backends)",
+    )
+    parser.add_argument(
         "--retries",
         type=int,
         default=0,
@@ -61,6 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-truncated", action="store_true", help="accept rewrites cut off at --max-new-tokens"
     )
+    parser.add_argument(
+        "--kd-top-k",
+        type=int,
+        default=0,
+        help="also write kd.jsonl: the teacher's top-k log-probs per token for axolotl's KD trainer (0 = off)",
+    )
     parser.add_argument("--no-nll", action="store_true", help="skip the NLL distribution-shift meter")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -73,11 +88,15 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ..distill.stage import distill_dataset
+    from ..generation.backend_args import pairs_to_dict, parse_backend_args
     from ..interfaces import GenerationSettings
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.kd_top_k < 0:
+        raise ValueError(f"--kd-top-k must be >= 0 (0 = off), got {args.kd_top_k}")
     extra = {"dtype": args.dtype} if args.dtype else {}
+    extra.update(parse_backend_args(args.backend, pairs_to_dict(args.backend_arg)))
     settings = GenerationSettings(
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
@@ -107,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         strict=args.strict,
         ray=args.ray or False,
         ray_workers=args.ray_workers,
+        kd_top_k=args.kd_top_k,
     )
     r = result.report
     keys = (
@@ -122,4 +142,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(json.dumps({k: r.get(k) for k in keys}, indent=2))
     print(f"wrote {result.output_path} and {result.report_path}")
+    if result.kd_path is not None:
+        print(f"wrote {result.kd_path} (top-{args.kd_top_k} teacher log-probs per token)")
     return 0

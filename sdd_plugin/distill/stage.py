@@ -275,6 +275,7 @@ def distill_dataset(
     kept original's from the NLL meter's pass over it. The generated text is the same as without
     it; the row cache is a separate one. The report's ``kd`` gives the bytes per row.
     """
+    from ..generation.backend_args import output_settings
     from ..generation.selection import make_backend
     from ..models import check_generation_fits, load_tokenizer, resolve_model
     from ..plugins import get_checker, get_template
@@ -309,10 +310,10 @@ def distill_dataset(
         prompts.append(render_prompt(tok, messages, prefix))
 
     settings_dict = asdict(settings)
-    run_id = {
+    run_id = {  # engine sizes (KV cache, memory share) are not part of it: a resume may change them
         "teacher": fingerprint(teacher_path),
         "backend": backend_obj.name,
-        "settings": settings_dict,
+        "settings": output_settings(settings_dict),
     }
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     keys = [stable_hash({"prompt": p, "template": template_obj.name}, 24) for p in prompts]
@@ -329,7 +330,9 @@ def distill_dataset(
         cached, so a resumed pass runs exactly the batches an uninterrupted one would."""
         from ..generation.hf.backend import plan_batches
 
-        pass_id = dict(run_id, retry=attempt, settings=asdict(pass_settings)) if attempt else run_id
+        pass_id = run_id
+        if attempt:
+            pass_id = dict(run_id, retry=attempt, settings=output_settings(asdict(pass_settings)))
         cache = RowCache(root / "distill" / stable_hash(pass_id))
         write_json_atomic(cache.folder / "run.json", pass_id)
         batches = [

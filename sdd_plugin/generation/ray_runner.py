@@ -8,6 +8,8 @@ of that backend. The batches are the ones the single-process backend plans
 (:func:`~sdd_plugin.generation.hf.backend.plan_batches`); one dataset row is one whole batch and
 an actor generates it exactly as the single-process backend would, so the rows are the same.
 
+Top-k log-probs (``settings.extra["logprobs_top_k"]``) come back with their rows, unchanged.
+
 Only the driver writes results: ``on_result`` is called once per row, as each batch comes back
 (a batch Ray delivers twice is reported once). A worker that dies loses only the batch it was
 generating: Ray restarts the actor and runs that batch again, while the rows that already came back
@@ -25,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from ..interfaces import GenerationResult, GenerationSettings
+from ..interfaces import GenerationResult, GenerationSettings, TokenLogprobs
 from .hf.backend import plan_batches
 
 #: ``address`` values that mean "start Ray on this machine".
@@ -48,7 +50,7 @@ class _BatchWorker:
             self.backend.load(model_path, self.settings)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        out: dict[str, list] = {"row": [], "text": [], "num_tokens": [], "finished": []}
+        out: dict[str, list] = {"row": [], "text": [], "num_tokens": [], "finished": [], "logprobs": []}
         for payload in batch["payload"]:
             item = json.loads(str(payload))
             rows: list[int] = item["rows"]
@@ -63,6 +65,7 @@ class _BatchWorker:
                 out["text"].append(res.text)
                 out["num_tokens"].append(res.num_tokens)
                 out["finished"].append(res.finished)
+                out["logprobs"].append(json.dumps(asdict(res.logprobs)) if res.logprobs is not None else "")
         return out
 
 
@@ -146,8 +149,6 @@ class RayBackend:
         desc: str = "distill",
     ) -> None:
         """Generate every prompt on the actor pool; ``on_result`` once per row as batches return."""
-        if (settings.extra or {}).get("logprobs_top_k"):
-            raise ValueError("generation on Ray does not carry top-k log-probs yet: run KD without --ray")
         if not prompts:
             return
         import ray
@@ -184,8 +185,12 @@ class RayBackend:
                 if index in seen:
                     continue
                 seen.add(index)
+                packed = str(row["logprobs"])
+                logprobs = TokenLogprobs(**json.loads(packed)) if packed else None
                 on_result(
-                    GenerationResult(index, str(row["text"]), int(row["num_tokens"]), bool(row["finished"]))
+                    GenerationResult(
+                        index, str(row["text"]), int(row["num_tokens"]), bool(row["finished"]), logprobs
+                    )
                 )
                 bar.update(1)
         finally:

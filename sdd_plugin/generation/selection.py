@@ -1,5 +1,6 @@
 """Which teacher generation backend a name means: ``auto`` picks one for this machine, and a Ray
-address wraps the backend in :class:`~sdd_plugin.generation.ray_runner.RayBackend`."""
+address wraps the backend in :class:`~sdd_plugin.generation.ray_runner.RayBackend`;
+:func:`release_backends` frees what the backends keep loaded between calls."""
 
 from __future__ import annotations
 
@@ -36,3 +37,15 @@ def make_backend(name: str = AUTO, ray: bool | str | None = False, ray_workers: 
     from .ray_runner import RayBackend
 
     return RayBackend(name, address=None if ray is True else str(ray), workers=ray_workers)
+
+
+def release_backends() -> None:
+    """Free the teacher each registered backend keeps loaded for reuse (its ``close()``, when it has
+    one): the model memory, and for ``vllm`` the engine's processes and GPU memory. For a process
+    that goes on to other work, e.g. training after distillation."""
+    from ..plugins import available, get_backend
+
+    for name in available("backend"):
+        close = getattr(get_backend(name), "close", None)
+        if callable(close):
+            close()

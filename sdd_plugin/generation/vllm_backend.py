@@ -11,13 +11,19 @@ config's EOS), the kept tokens are decoded with the teacher's own tokenizer (spe
 skipped), and ``finished`` is false when vLLM stopped at ``max_new_tokens``
 (``finish_reason == "length"``). Greedy by default; sampling seeds every row from
 ``settings.seed`` and the row's prompt, so a row samples the same text in any process or Ray
-worker, and after a resume.
+worker, and after a resume. ``logprobs_top_k`` (int, 0 = off) asks vLLM for the top-k
+log-probabilities at every generated token (``SamplingParams(logprobs=k)``, vLLM's default
+``raw_logprobs`` mode: log-softmax of the model's logits before temperature and top-p, as the
+``hf`` backend reports them); each result carries them as
+:class:`~sdd_plugin.interfaces.TokenLogprobs`, EOS included. A k above vLLM's default limit of 20
+raises the engine's ``max_logprobs`` to k.
 
 ``settings.extra`` keys understood here: ``dtype`` (default ``"float32"`` on CPU, ``"auto"`` on
 CUDA), ``tensor_parallel_size`` (default 1), ``enforce_eager`` (skip torch.compile and CUDA
 graphs; default false), ``kv_cache_gib`` (KV cache size; default :data:`CPU_KV_CACHE_GIB` on CPU,
 on GPU vLLM's ``gpu_memory_utilization``), ``gpu_memory_utilization``, ``max_model_len``, and
-``vllm_args`` (a dict passed to ``vllm.LLM`` as is).
+``vllm_args`` (a dict passed to ``vllm.LLM`` as is); users set them with ``--backend-arg`` /
+``sdd_distill_backend_args`` (:class:`~sdd_plugin.generation.backend_args.VLLMOptions`).
 
 ``vllm.LLM`` starts worker processes: call it from an importable module or under
 ``if __name__ == "__main__":``, not at the top level of a script.
@@ -31,7 +37,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..hookspecs import hookimpl
-from ..interfaces import GenerationResult, GenerationSettings
+from ..interfaces import GenerationResult, GenerationSettings, TokenLogprobs
+from .backend_args import VLLMOptions
 from .hf.backend import plan_batches, stop_token_ids
 
 #: KV cache size on CPU when ``settings.extra`` sets neither ``kv_cache_gib`` nor
@@ -48,6 +55,9 @@ ENGINE_KEYS = (
     "max_model_len",
     "vllm_args",
 )
+
+#: vLLM's default ``max_logprobs``: more top-k log-probs per token need a larger engine limit.
+VLLM_MAX_LOGPROBS = 20
 
 
 def vllm_installed() -> bool:
@@ -82,6 +92,8 @@ def engine_kwargs(model_path: str, settings: GenerationSettings) -> dict[str, An
     }
     if extra.get("max_model_len") is not None:
         kwargs["max_model_len"] = int(extra["max_model_len"])
+    if logprobs_top_k(settings) > VLLM_MAX_LOGPROBS:
+        kwargs["max_logprobs"] = logprobs_top_k(settings)
     if extra.get("gpu_memory_utilization") is not None:
         kwargs["gpu_memory_utilization"] = float(extra["gpu_memory_utilization"])
     kv_gib = extra.get("kv_cache_gib")
@@ -95,6 +107,32 @@ def engine_kwargs(model_path: str, settings: GenerationSettings) -> dict[str, An
     return kwargs
 
 
+def logprobs_top_k(settings: GenerationSettings) -> int:
+    """``settings.extra["logprobs_top_k"]`` (0 = off), checked."""
+    k = (settings.extra or {}).get("logprobs_top_k") or 0
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"settings.extra['logprobs_top_k'] must be an integer >= 0 (0 = off), got {k!r}")
+    return k
+
+
+def top_of_position(position: Any, k: int) -> tuple[list[int], list[float]]:
+    """vLLM's log-probs at one generated token (``{token id: Logprob}``: the top ``k`` by rank plus
+    the sampled token) -> ``(ids, log-probs)`` of the ``k`` most probable, most probable first."""
+    ranked = sorted(
+        ((lp.rank, tid, lp.logprob) for tid, lp in position.items() if lp.rank is not None and lp.rank <= k),
+        key=lambda item: item[0],
+    )
+    return [tid for _, tid, _ in ranked], [float(value) for _, _, value in ranked]
+
+
+def token_logprobs(token_ids: list[int], positions: Sequence[Any], k: int) -> TokenLogprobs:
+    """The :class:`TokenLogprobs` of a completion's first ``len(token_ids)`` tokens."""
+    if len(positions) < len(token_ids):
+        raise RuntimeError(f"vLLM returned log-probs for {len(positions)} of {len(token_ids)} tokens")
+    tops = [top_of_position(positions[j], k) for j in range(len(token_ids))]
+    return TokenLogprobs(list(token_ids), [ids for ids, _ in tops], [values for _, values in tops])
+
+
 def row_seed(seed: int, prompt: str) -> int:
     """The sampling seed of one row: the run's seed and the row's prompt, nothing else."""
     from ..cache import stable_hash
@@ -106,6 +144,7 @@ class VLLMBackend:
     """Offline ``vllm.LLM``, one fixed batch per ``generate`` call, one engine kept per process."""
 
     name = "vllm"
+    options = VLLMOptions  # what `--backend-arg` / `sdd_distill_backend_args` may set
 
     def __init__(self) -> None:
         self._engine: tuple[str, Any, Any] | None = None  # (key, LLM, HF tokenizer)
@@ -156,6 +195,7 @@ class VLLMBackend:
             max_tokens=settings.max_new_tokens,
             stop_token_ids=eos_ids,
             detokenize=False,  # decoded here with the teacher's tokenizer, like the hf backend
+            logprobs=logprobs_top_k(settings) or None,
         )
         if not settings.do_sample:
             return [SamplingParams(temperature=0.0, **common) for _ in prompts]
@@ -184,8 +224,7 @@ class VLLMBackend:
 
         if settings.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
-        if (settings.extra or {}).get("logprobs_top_k"):
-            raise ValueError("the vllm backend does not return top-k log-probs yet: use --backend hf for KD")
+        top_k = logprobs_top_k(settings)
         if not prompts:
             return
         llm, tok = self.engine(model_path, settings)
@@ -212,7 +251,8 @@ class VLLMBackend:
                     total_tokens += num
                     text = tok.decode(kept, skip_special_tokens=True).strip()
                     finished = completion.finish_reason != "length" or stop is not None
-                    on_result(GenerationResult(row_idx, text, num, finished=finished))
+                    logprobs = token_logprobs(ids[:num], completion.logprobs, top_k) if top_k else None
+                    on_result(GenerationResult(row_idx, text, num, finished, logprobs))
                 bar.update(len(batch))
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(tok_s=f"{total_tokens / elapsed:.1f}", refresh=False)

@@ -26,6 +26,7 @@ from typing import Any
 
 from ...hookspecs import hookimpl
 from ...interfaces import GenerationResult, GenerationSettings, TokenLogprobs
+from ..backend_args import HFOptions
 from .attention import register_gqa_attention
 from .decoding import decode_batch
 from .top_logprobs import TopLogprobs
@@ -60,6 +61,7 @@ class HFBackend:
     """Batched ``model.generate`` with left padding and length-sorted fixed batches."""
 
     name = "hf"
+    options = HFOptions  # what `--backend-arg` / `sdd_distill_backend_args` may set
 
     def __init__(self) -> None:
         self._loaded: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -87,6 +89,17 @@ class HFBackend:
                 model.set_attn_implementation(attention)
             self._loaded = {key: (model, tok)}  # keep one teacher in memory
         return self._loaded[key]
+
+    def close(self) -> None:
+        """Drop the loaded teacher and free its memory (e.g. before training starts in this process)."""
+        import gc
+
+        import torch
+
+        self._loaded = {}
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def prompt_lengths(self, tokenizer, prompts: Sequence[str]) -> list[int]:
         """Token length of each rendered prompt (no special tokens added: the template has them)."""
